@@ -1,0 +1,1 @@
+"""Research codebase for latent-variable models (VAEs) in JAX/Flax."""

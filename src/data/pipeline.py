@@ -1,0 +1,86 @@
+"""Splits, binarization and batching. Shuffling comes from PRNG keys, never from global state."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from src.data.sources import load_images
+from src.utils.errors import ConfigError
+
+
+class Splits(NamedTuple):
+    """Images per split, float32 [N, H, W, C] with values in [0, 1]."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_indices(
+    n: int, split_seed: int, val_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A permutation of range(n) fixed by split_seed, cut into train / val / test."""
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
+
+
+def load_splits(cfg: Any) -> Splits:
+    """Loads the dataset named by cfg (the `data` section) and splits it deterministically."""
+    images = load_images(cfg)
+    train, val, test = (
+        images[idx]
+        for idx in split_indices(len(images), cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    )
+    if cfg.binarize == "static":
+        train, val, test = ((x > 0.5).astype(np.float32) for x in (train, val, test))
+    for name, x in zip(("train", "val", "test"), (train, val, test), strict=True):
+        if len(x) == 0:
+            raise ConfigError(
+                f"data: the {name} split is empty; adjust data.val_fraction/test_fraction"
+            )
+    return Splits(train, val, test)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch; the incomplete last batch is dropped so every step sees batch_size."""
+    if batch_size > num_examples:
+        raise ConfigError(
+            f"training.batch_size ({batch_size}) exceeds the training split ({num_examples} examples)"
+        )
+    return num_examples // batch_size
+
+
+def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
+    """The example order of one epoch: a pure function of (data_key, epoch), so resume replays it."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+
+
+def binarize(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Dynamic binarization: each pixel ~ Bernoulli(intensity), redrawn from the key."""
+    return jax.random.bernoulli(key, x).astype(x.dtype)
+
+
+def padded_batches(x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pads x to a multiple of batch_size for evaluation; returns [num_batches, batch, ...] and a mask."""
+    n = len(x)
+    num_batches = -(-n // batch_size)
+    pad = num_batches * batch_size - n
+    padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    mask = np.arange(num_batches * batch_size) < n
+    return (
+        padded.reshape(num_batches, batch_size, *x.shape[1:]),
+        mask.reshape(num_batches, batch_size).astype(np.float32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames="batch_size")
+def take_batch(x: jax.Array, perm: jax.Array, start: jax.Array, batch_size: int) -> jax.Array:
+    """x[perm[start : start + batch_size]], gathered on device (one compilation per shape)."""
+    idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+    return jnp.take(x, idx, axis=0)

@@ -1,0 +1,1 @@
+"""Config, I/O, logging, seeding and provenance helpers. Importing this package never imports JAX."""

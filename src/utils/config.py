@@ -1,0 +1,292 @@
+"""YAML configs -> validated, frozen ml_collections configs.
+
+Composition order (later wins): configs/default.yaml, the group files an experiment
+names under `defaults:` (e.g. configs/model/mlp.yaml), the experiment file itself,
+then command-line overrides `training.lr=3e-4`. default.yaml is the schema: every
+other source may only set keys that exist there, with a value of the same type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import yaml
+
+from src.utils.errors import ConfigError
+from src.utils.io import atomic_write_text
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = ("model", "data")
+
+# Value constraints checked after composition; the defaults themselves live in YAML.
+POSITIVE = {
+    "model.latent_dim",
+    "training.epochs",
+    "training.batch_size",
+    "training.lr",
+    "logging.every_steps",
+    "eval.every_steps",
+    "eval.batch_size",
+    "checkpoint.every_steps",
+    "checkpoint.keep_last",
+}
+NON_NEGATIVE = {
+    "training.kl.beta",
+    "optimizer.weight_decay",
+    "optimizer.eps",
+    "optimizer.momentum",
+    "optimizer.warmup_steps",
+    "optimizer.grad_clip_norm",
+    "eval.active_threshold",
+    "parallel.num_devices",
+}
+PROBABILITY = {
+    "data.val_fraction",
+    "data.test_fraction",
+    "optimizer.b1",
+    "optimizer.b2",
+    "optimizer.end_lr_fraction",
+}
+CHOICES = {
+    "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
+    "model.likelihood": ("bernoulli",),
+    "data.binarize": ("none", "static", "dynamic"),
+    "optimizer.type": ("adam", "adamw", "sgd"),
+    "optimizer.schedule": ("constant", "warmup_cosine"),
+    "checkpoint.best_mode": ("max", "min"),
+    "parallel.backend": ("shard_map", "pmap"),
+}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Reads a YAML mapping with the safe loader; a missing or malformed file is a ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns base with update merged in; nested mappings merge, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'training.lr=3e-4' -> ('training.lr', '3e-4' parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}") from None
+    return key, value
+
+
+def nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _flat_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, Mapping):
+            keys.extend(_flat_keys(value, path + "."))
+    return keys
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "bool",
+        int: "int",
+        float: "float",
+        str: "str",
+        list: "list",
+        dict: "mapping",
+    }.get(type(value), type(value).__name__)
+
+
+def _coerce(key: str, value: Any, default: Any, schema_keys: Sequence[str]) -> Any:
+    """Checks value against the type of its default; returns it converted where lossless."""
+    if isinstance(default, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {_type_name(value)} {value!r}")
+        out = {}
+        for sub, sub_value in value.items():
+            path = f"{key}.{sub}" if key else str(sub)
+            if sub not in default:
+                close = difflib.get_close_matches(path, schema_keys, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown config key {path!r}{hint}")
+            out[sub] = _coerce(path, sub_value, default[sub], schema_keys)
+        return out
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, list):
+        if isinstance(value, list | tuple):
+            if default:
+                return [
+                    _coerce(f"{key}[{i}]", v, default[0], schema_keys) for i, v in enumerate(value)
+                ]
+            return list(value)
+    raise ConfigError(f"{key}: expected {_type_name(default)}, got {_type_name(value)} {value!r}")
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def check_values(cfg: Mapping[str, Any]) -> None:
+    """Range and choice checks that a type check cannot express."""
+    for key in sorted(POSITIVE):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)!r}")
+    for key in sorted(NON_NEGATIVE):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)!r}")
+    for key in sorted(PROBABILITY):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {_get(cfg, key)!r}")
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    if any(h <= 0 for h in cfg["model"]["hidden_dims"]):
+        raise ConfigError(f"model.hidden_dims must be positive, got {cfg['model']['hidden_dims']}")
+    if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
+        raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+    if cfg["checkpoint"]["every_steps"] % cfg["logging"]["every_steps"]:
+        raise ConfigError(
+            f"checkpoint.every_steps ({cfg['checkpoint']['every_steps']}) must be a multiple of "
+            f"logging.every_steps ({cfg['logging']['every_steps']}) so a resumed run logs the same"
+        )
+
+
+def validate(tree: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Type-checks tree against schema (which supplies missing keys) and checks value ranges."""
+    full = deep_merge(schema, _coerce("", tree, schema, _flat_keys(schema)))
+    check_values(full)
+    return full
+
+
+def freeze(tree: Mapping[str, Any]) -> ml_collections.FrozenConfigDict:
+    return ml_collections.FrozenConfigDict(tree)
+
+
+def to_plain(cfg: Any) -> Any:
+    """ConfigDict (or nested tuples) -> plain dicts and lists, safe for yaml.safe_dump."""
+    if isinstance(cfg, Mapping | ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
+        items = cfg.items()
+        return {k: to_plain(v) for k, v in items}
+    if isinstance(cfg, list | tuple):
+        return [to_plain(v) for v in cfg]
+    return cfg
+
+
+def _group_file(group: str, name: str, root: Path) -> Path:
+    path = root / group / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        raise ConfigError(f"{group}={name!r}: no file {path}; available: {', '.join(options)}")
+    return path
+
+
+def load_config(
+    path: str | Path,
+    groups: Mapping[str, str] | None = None,
+    overrides: Iterable[str] = (),
+    root: Path = CONFIG_ROOT,
+) -> ml_collections.FrozenConfigDict:
+    """Composes default.yaml, group files, the experiment file and overrides; validates; freezes.
+
+    Args:
+      path: experiment YAML file.
+      groups: group choices from the command line (e.g. {"model": "conv"}); they replace
+        the experiment's `defaults:` entries.
+      overrides: 'section.key=value' strings, applied last.
+      root: the configs/ folder that holds default.yaml and the group folders.
+    """
+    schema = read_yaml(root / "default.yaml")
+    experiment = read_yaml(Path(path))
+    chosen = experiment.pop("defaults", {}) or {}
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"{path}: 'defaults' must map a group to a file name, e.g. model: mlp")
+    chosen = {**chosen, **{k: v for k, v in (groups or {}).items() if v}}
+    tree: dict[str, Any] = {}
+    for group, name in chosen.items():
+        if group not in GROUPS:
+            raise ConfigError(
+                f"{path}: unknown config group {group!r}; groups: {', '.join(GROUPS)}"
+            )
+        tree = deep_merge(tree, read_yaml(_group_file(group, str(name), root)))
+    tree = apply_overrides(deep_merge(tree, experiment), overrides)
+    return freeze(validate(tree, schema))
+
+
+def apply_overrides(tree: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Merges 'section.key=value' overrides into a config tree (validation comes after)."""
+    out = dict(tree)
+    for text in overrides:
+        key, value = parse_override(text)
+        out = deep_merge(out, nest(key, value))
+    return out
+
+
+def load_saved_config(
+    path: str | Path, root: Path = CONFIG_ROOT
+) -> ml_collections.FrozenConfigDict:
+    """Loads a run's config.yaml (already resolved) and validates it against the current schema."""
+    return freeze(validate(read_yaml(Path(path)), read_yaml(root / "default.yaml")))
+
+
+def save_config(cfg: ml_collections.FrozenConfigDict, path: str | Path) -> None:
+    atomic_write_text(Path(path), yaml.safe_dump(to_plain(cfg), sort_keys=False))
+
+
+def config_hash(cfg: ml_collections.FrozenConfigDict) -> str:
+    """Short content hash of the resolved config, stable across key order."""
+    text = json.dumps(to_plain(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

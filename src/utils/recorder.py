@@ -1,0 +1,114 @@
+"""The run's metric record: metrics.json (atomic, always current), TensorBoard and the console."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src.utils.io import atomic_write_json, read_json
+
+VECTOR_KEYS = ("kl_per_dim",)
+
+
+def _clean(value: Any) -> Any:
+    """Python floats/ints/lists for JSON."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_clean(v) for v in np.asarray(value).tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Recorder:
+    """Appends metric records to metrics.json and mirrors them to TensorBoard and the console.
+
+    Only the writing process (process 0) creates a Recorder with write=True; others record
+    nothing, so multi-host runs write each file once.
+    """
+
+    def __init__(
+        self,
+        metrics_path: Path,
+        log_dir: Path,
+        header: dict[str, Any],
+        *,
+        tensorboard: bool,
+        console: bool,
+        write: bool,
+        resume: bool,
+    ):
+        self.path = metrics_path
+        self.write = write
+        self.console = console and write
+        self.data: dict[str, Any] = {
+            **header,
+            "status": "running",
+            "best": None,
+            "final": {},
+            "history": [],
+        }
+        if resume and metrics_path.is_file():
+            old = read_json(metrics_path)
+            self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
+        self.tb = None
+        if tensorboard and write:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(log_dir))
+
+    def truncate(self, step: int) -> None:
+        """Drops records after step (a resumed run replays them exactly)."""
+        self.data["history"] = [r for r in self.data["history"] if r["step"] <= step]
+        if self.data["best"] and self.data["best"]["step"] > step:
+            self.data["best"] = None
+
+    def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        record = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
+        self.data["history"].append(record)
+        self.data["final"][split] = record
+        if self.tb is not None:
+            for key, value in record.items():
+                if key in ("step", "split"):
+                    continue
+                if key in VECTOR_KEYS:
+                    self.tb.add_histogram(f"{split}/{key}", np.asarray(value), step)
+                    for d, v in enumerate(value):
+                        self.tb.add_scalar(f"{split}/{key}/{d}", v, step)
+                elif isinstance(value, int | float):
+                    self.tb.add_scalar(f"{split}/{key}", value, step)
+        if self.console:
+            shown = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in record.items()
+                if k not in ("split", *VECTOR_KEYS) and isinstance(v, int | float)
+            )
+            print(f"[{split:5s}] {shown}", file=sys.stderr, flush=True)
+        self.save()
+
+    def set_best(self, step: int, metric: str, value: float) -> None:
+        self.data["best"] = {"step": step, "metric": metric, "value": value}
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def save(self) -> None:
+        if self.write:
+            atomic_write_json(self.path, self.data)
+
+    def close(self) -> None:
+        self.save()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best

@@ -1,0 +1,113 @@
+"""Config loading, composition, overrides, and every user error the loader must catch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src.utils.config import load_config, load_saved_config, save_config
+from src.utils.errors import ConfigError
+from tests.helpers import BASELINE, REPO
+
+
+def test_baseline_composes_defaults_groups_and_experiment():
+    cfg = load_config(BASELINE)
+    assert cfg.experiment.name == "baseline"
+    assert cfg.model.type == "mlp" and cfg.data.name == "digits"
+    experiment = yaml.safe_load(BASELINE.read_text())
+    assert cfg.training.epochs == experiment["training"]["epochs"]
+    default = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    assert cfg.optimizer.b2 == default["optimizer"]["b2"]  # untouched keys keep the default
+
+
+def test_overrides_win_and_are_typed():
+    cfg = load_config(BASELINE, overrides=["training.lr=3e-4", "model.latent_dim=32"])
+    assert cfg.training.lr == pytest.approx(3e-4) and isinstance(cfg.training.lr, float)
+    assert cfg.model.latent_dim == 32
+
+
+def test_scientific_notation_without_dot_is_a_float(tmp_path: Path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("defaults: {model: mlp, data: digits}\ntraining:\n  lr: 1e-4\n")
+    cfg = load_config(exp)
+    assert cfg.training.lr == 0.0001 and isinstance(cfg.training.lr, float)
+
+
+def test_list_override_and_empty_hidden_list():
+    cfg = load_config(BASELINE, overrides=["model.hidden_dims=[]"])
+    assert tuple(cfg.model.hidden_dims) == ()
+
+
+def test_group_choice_from_command_line_replaces_experiment_defaults(tmp_path: Path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "default.yaml").write_text((REPO / "configs" / "default.yaml").read_text())
+    (tmp_path / "data" / "digits.yaml").write_text("data: {name: digits}\n")
+    (tmp_path / "model" / "mlp.yaml").write_text("model: {latent_dim: 3}\n")
+    (tmp_path / "model" / "wide.yaml").write_text("model: {latent_dim: 5}\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("defaults: {model: mlp, data: digits}\n")
+    assert load_config(exp, root=tmp_path).model.latent_dim == 3
+    assert load_config(exp, {"model": "wide"}, root=tmp_path).model.latent_dim == 5
+
+
+def test_config_is_frozen():
+    cfg = load_config(BASELINE)
+    with pytest.raises((AttributeError, TypeError, ValueError)):
+        cfg.training.lr = 1.0
+
+
+def test_saved_config_loads_back_equal(tmp_path: Path):
+    cfg = load_config(BASELINE, overrides=["training.lr=2e-4", "model.hidden_dims=[8, 4]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_saved_config(tmp_path / "config.yaml") == cfg
+    yaml.safe_load((tmp_path / "config.yaml").read_text())  # plain YAML, no Python tags
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.lrr=1", "unknown config key 'training.lrr'; did you mean 'training.lr'"),
+        ("trainig.lr=1", "unknown config key 'trainig'"),
+        ("training.batch_size=abc", "training.batch_size: expected int, got str"),
+        ("training.batch_size=1.5", "training.batch_size: expected int, got float"),
+        ("training.lr=fast", "training.lr: expected float, got str"),
+        ("logging.tensorboard=1", "logging.tensorboard: expected bool, got int"),
+        ("model.hidden_dims=7", "model.hidden_dims: expected list, got int"),
+        ("training.batch_size=0", "training.batch_size must be > 0"),
+        ("training.epochs=-1", "training.epochs must be > 0"),
+        ("training.lr=0", "training.lr must be > 0"),
+        ("model.latent_dim=0", "model.latent_dim must be > 0"),
+        ("data.val_fraction=1.5", "data.val_fraction must be in [0, 1]"),
+        ("optimizer.type=rmsprop", "optimizer.type: 'rmsprop' is not one of"),
+        ("training", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(BASELINE, overrides=[override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_a_file(tmp_path: Path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("model:\n  latnt_dim: 3\n")
+    with pytest.raises(ConfigError, match="'model.latnt_dim'; did you mean 'model.latent_dim'"):
+        load_config(exp)
+
+
+def test_missing_files_are_config_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="model='nope'.*available: mlp"):
+        load_config(BASELINE, {"model": "nope"})
+
+
+def test_unsafe_yaml_is_rejected(tmp_path: Path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("training: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(exp)

@@ -1,0 +1,159 @@
+"""End-to-end training: determinism, the complete run record, and user errors at the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import yaml
+
+from src.training.loop import train_and_evaluate
+from src.utils.config import load_config, load_saved_config
+from src.utils.rundir import prepare, run_paths
+from tests.helpers import BASELINE, run_script
+
+TIMING_KEYS = {"examples_per_sec"}
+
+
+def train_tiny(workdir: Path, run_id: str, overrides: list[str]) -> tuple[dict, Path]:
+    cfg = load_config(BASELINE, overrides=overrides)
+    paths = run_paths(workdir, run_id)
+    prepare(paths, resume=False, overwrite=False)
+    return train_and_evaluate(cfg, paths, resume=False), paths.run_dir
+
+
+def strip_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+
+
+def restore_params(directory: Path) -> dict:
+    with ocp.CheckpointManager(directory.absolute()) as mgr:
+        restored = mgr.restore(
+            mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+    return restored["state"]["params"]
+
+
+def test_same_seed_gives_identical_history_and_params(tmp_path, tiny_overrides):
+    a, dir_a = train_tiny(tmp_path, "a", tiny_overrides)
+    b, dir_b = train_tiny(tmp_path, "b", tiny_overrides)
+    assert strip_timing(a["history"]) == strip_timing(b["history"])
+    pa, pb = restore_params(dir_a / "model_last"), restore_params(dir_b / "model_last")
+    for x, y in zip(jax_leaves(pa), jax_leaves(pb), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_different_seed_gives_different_numbers(tmp_path, tiny_overrides):
+    a, _ = train_tiny(tmp_path, "a", tiny_overrides)
+    b, _ = train_tiny(tmp_path, "b", [*tiny_overrides, "training.seed=7"])
+    assert a["history"][0]["loss"] != b["history"][0]["loss"]
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_training_lowers_the_loss(tmp_path, tiny_overrides):
+    record, _ = train_tiny(tmp_path, "r", [*tiny_overrides, "training.epochs=4"])
+    train = [r for r in record["history"] if r["split"] == "train"]
+    assert train[-1]["loss"] < 0.8 * train[0]["loss"]
+
+
+def test_cli_writes_a_complete_run_record(tmp_path, tiny_overrides):
+    result = run_script(
+        "train.py",
+        f"--config={BASELINE}",
+        f"--workdir={tmp_path}",
+        "--run_id=smoke",
+        *[f"--config.{o}" for o in tiny_overrides],
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "checkpoints" / "smoke"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml",
+        "metrics.json",
+        "model_best",
+        "model_last",
+        "provenance.json",
+    ]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["run_id"] == "smoke"
+    assert metrics["param_count"] > 0 and metrics["model_bytes"] == 4 * metrics["param_count"]
+    train = [r for r in metrics["history"] if r["split"] == "train"]
+    val = [r for r in metrics["history"] if r["split"] == "val"]
+    for key in ("loss", "elbo", "recon", "kl", "kl_per_dim", "lr", "grad_norm", "examples_per_sec"):
+        assert key in train[-1], key
+    for key in ("elbo", "recon", "kl", "kl_per_dim", "active_units"):
+        assert key in val[-1], key
+    assert len(val[-1]["kl_per_dim"]) == 4
+    assert val[-1]["elbo"] == pytest.approx(-(val[-1]["recon"] + val[-1]["kl"]))
+    best = metrics["best"]
+    assert best["metric"] == "elbo" and best["value"] == max(r["elbo"] for r in val)
+    assert metrics["final"]["train"] == train[-1] and metrics["final"]["val"] == val[-1]
+    # The saved config reloads to the config the run used.
+    expected = load_config(BASELINE, overrides=tiny_overrides)
+    assert load_saved_config(run_dir / "config.yaml") == expected
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert {"git", "command", "packages", "devices", "seed", "xla_flags"} <= set(prov)
+    assert "--xla_gpu_deterministic_ops=true" in prov["xla_flags"]
+    # Checkpoints: best at the best val step, last at the final step.
+    assert [p.name for p in (run_dir / "model_best").iterdir() if p.name.isdigit()] == [
+        str(best["step"])
+    ]
+    last_steps = [int(p.name) for p in (run_dir / "model_last").iterdir() if p.name.isdigit()]
+    assert max(last_steps) == metrics["total_steps"]
+    assert any((tmp_path / "logs" / "smoke").glob("events.out.tfevents.*"))
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_existing_run_id_is_refused_and_left_untouched(tmp_path, tiny_overrides):
+    train_tiny(tmp_path, "taken", tiny_overrides)
+    before = _hashes(tmp_path)
+    result = run_script(
+        "train.py", f"--config={BASELINE}", f"--workdir={tmp_path}", "--run_id=taken"
+    )
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "Traceback" not in result.stderr
+    assert _hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config=configs/experiment/nope.yaml"], "config file not found"),
+        ([f"--config={BASELINE}", "--config.training.lrr=1"], "did you mean 'training.lr'"),
+        ([f"--config={BASELINE}", "--config.training.batch_size=big"], "expected int, got str"),
+        ([f"--config={BASELINE}", "--model=nope"], "model='nope'"),
+        ([f"--config={BASELINE}", "--run_id=../escape"], "--run_id '../escape'"),
+        (
+            [f"--config={BASELINE}", "--config.training.batch_size=5000"],
+            "exceeds the training split",
+        ),
+        ([f"--config={BASELINE}", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = run_script("train.py", *args, f"--workdir={tmp_path}", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not any((tmp_path / "checkpoints").glob("*/metrics.json"))
+
+
+def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
+    _, run_dir = train_tiny(tmp_path, "y", tiny_overrides)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["hidden_dims"] == [32]
