@@ -9,16 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from src.data.sources import load_images
-from src.utils.errors import ConfigError
+from src.data.sources import load_dataset
+from src.utils.errors import ConfigError, DataError
 
 
 class Splits(NamedTuple):
-    """Images per split, float32 [N, H, W, C] with values in [0, 1]."""
+    """Images per split, float32 [N, H, W, C] (in [0, 1] except for real-valued synthetic data)."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    info: dict[str, Any]  # the source's facts plus split sizes, for provenance.json
 
 
 def split_indices(
@@ -31,20 +32,47 @@ def split_indices(
 
 
 def load_splits(cfg: Any) -> Splits:
-    """Loads the dataset named by cfg (the `data` section) and splits it deterministically."""
-    images = load_images(cfg)
-    train, val, test = (
-        images[idx]
-        for idx in split_indices(len(images), cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    """Loads the dataset named by cfg (the `data` section) and splits it deterministically.
+
+    A split the source provides is kept as is (MNIST's 10k test images, npz val/test arrays);
+    a missing one is held out from the training images by data.split_seed with
+    data.val_fraction / data.test_fraction of them.
+    """
+    data = load_dataset(cfg)
+    val_fraction = cfg.val_fraction if data.val is None else 0.0
+    test_fraction = cfg.test_fraction if data.test is None else 0.0
+    keep, held_val, held_test = split_indices(
+        len(data.train), cfg.split_seed, val_fraction, test_fraction
     )
-    if cfg.binarize == "static":
-        train, val, test = ((x > 0.5).astype(np.float32) for x in (train, val, test))
+    train = data.train[keep]
+    val = data.train[held_val] if data.val is None else data.val
+    test = data.train[held_test] if data.test is None else data.test
     for name, x in zip(("train", "val", "test"), (train, val, test), strict=True):
         if len(x) == 0:
             raise ConfigError(
                 f"data: the {name} split is empty; adjust data.val_fraction/test_fraction"
             )
-    return Splits(train, val, test)
+    if cfg.binarize != "none":
+        lo, hi = min(float(x.min()) for x in (train, val, test)), max(
+            float(x.max()) for x in (train, val, test)
+        )
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"data.binarize={cfg.binarize} needs values in [0, 1]; data.name={cfg.name} "
+                f"spans [{lo:g}, {hi:g}]"
+            )
+    if cfg.binarize == "static":
+        train, val, test = ((x > 0.5).astype(np.float32) for x in (train, val, test))
+    info = {
+        "name": cfg.name,
+        **data.info,
+        "image_shape": list(train.shape[1:]),
+        "num_examples": {"train": len(train), "val": len(val), "test": len(test)},
+        "held_out_from_train": [
+            s for s, x in (("val", data.val), ("test", data.test)) if x is None
+        ],
+    }
+    return Splits(train, val, test, info)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

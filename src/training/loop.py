@@ -15,7 +15,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from src.data.pipeline import epoch_permutation, load_splits, steps_per_epoch, take_batch
+from src.data.batches import make_batches
+from src.data.pipeline import load_splits, steps_per_epoch
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
 from src.training.optim import build_optimizer
@@ -60,7 +61,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     seed_host_rngs(tcfg.seed)
     keys = derive_keys(tcfg.seed)
 
-    # --- Data, resident on the devices.
+    # --- Data: on the devices, or streamed from the host (data.on_device).
     splits = load_splits(cfg.data)
     image_shape = splits.train.shape[1:]
     batch_size = tcfg.batch_size
@@ -71,7 +72,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     devices = select_devices(cfg.parallel.num_devices, batch_size)
     mesh = make_mesh(devices)
     replicated = NamedSharding(mesh, P())
-    train_x = jax.device_put(splits.train, replicated)
+    batches = make_batches(splits.train, keys["data"], batch_size, per_epoch, replicated, cfg.data)
 
     # --- Model and optimizer: NNX once, pure pytrees from here on.
     model = build_model(cfg.model, image_shape, nnx.Rngs(params=keys["init"]))
@@ -104,7 +105,8 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             prov.setdefault("resumes", []).append(provenance.collect(tcfg.seed))
         else:
             save_config(cfg, paths.config)
-            prov = provenance.collect(tcfg.seed)
+            data_info = {**splits.info, "on_device": batches.on_device}
+            prov = provenance.collect(tcfg.seed, {"data": data_info})
         atomic_write_json(paths.provenance, prov)
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
@@ -148,13 +150,10 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     step = int(state.step)
     recorder.update(status="running")
     sums: dict[str, jax.Array] | None = None
-    count, tic, perm, perm_epoch = 0, time.perf_counter(), None, -1
+    count, tic = 0, time.perf_counter()
     try:
         while step < total_steps:
-            epoch, position = divmod(step, per_epoch)
-            if epoch != perm_epoch:
-                perm, perm_epoch = epoch_permutation(keys["data"], epoch, len(splits.train)), epoch
-            batch = take_batch(train_x, perm, jnp.int32(position * batch_size), batch_size)
+            batch = batches(step)
             state, metrics = train_step(state, batch, jax.random.fold_in(keys["train"], step))
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             count += 1
@@ -184,6 +183,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         recorder.update(status="interrupted" if interrupted else "failed", stopped_at_step=step)
         raise
     finally:
+        batches.close()
         recorder.close()
         last_manager.close()
         best_manager.close()

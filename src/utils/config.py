@@ -35,6 +35,11 @@ POSITIVE = {
     "eval.batch_size",
     "checkpoint.every_steps",
     "checkpoint.keep_last",
+    "data.device_memory_fraction",
+    "data.prefetch",
+    "data.synthetic.num_examples",
+    "data.synthetic.latent_dim",
+    "data.synthetic.lengthscale",
 }
 NON_NEGATIVE = {
     "training.kl.beta",
@@ -45,10 +50,12 @@ NON_NEGATIVE = {
     "optimizer.grad_clip_norm",
     "eval.active_threshold",
     "parallel.num_devices",
+    "data.synthetic.noise_std",
 }
 PROBABILITY = {
     "data.val_fraction",
     "data.test_fraction",
+    "data.device_memory_fraction",
     "optimizer.b1",
     "optimizer.b2",
     "optimizer.end_lr_fraction",
@@ -57,11 +64,15 @@ CHOICES = {
     "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
     "model.likelihood": ("bernoulli",),
     "data.binarize": ("none", "static", "dynamic"),
+    "data.on_device": ("auto", "true", "false"),
+    "data.synthetic.kind": ("linear", "manifold"),
     "optimizer.type": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "warmup_cosine"),
     "checkpoint.best_mode": ("max", "min"),
     "parallel.backend": ("shard_map", "pmap"),
 }
+# String keys that also accept a YAML bool, stored as "true" / "false" (e.g. on_device: auto|true|false).
+BOOL_AS_STR = {"data.on_device"}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -164,6 +175,8 @@ def _coerce(key: str, value: Any, default: Any, schema_keys: Sequence[str]) -> A
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and key in BOOL_AS_STR:
+            return "true" if value else "false"
     elif isinstance(default, list):
         if isinstance(value, list | tuple):
             if default:
@@ -198,10 +211,48 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.hidden_dims must be positive, got {cfg['model']['hidden_dims']}")
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+    check_data_values(cfg["data"])
+    synthetic = cfg["data"]["synthetic"]
+    if (
+        cfg["data"]["name"] == "synthetic"
+        and synthetic["kind"] == "linear"
+        and cfg["model"]["likelihood"] == "bernoulli"
+    ):
+        raise ConfigError(
+            "data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
+            "bernoulli needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
+        )
     if cfg["checkpoint"]["every_steps"] % cfg["logging"]["every_steps"]:
         raise ConfigError(
             f"checkpoint.every_steps ({cfg['checkpoint']['every_steps']}) must be a multiple of "
             f"logging.every_steps ({cfg['logging']['every_steps']}) so a resumed run logs the same"
+        )
+
+
+def check_data_values(data: Mapping[str, Any]) -> None:
+    """Shapes and lists of the data section that the generic checks above cannot express."""
+    low_high = data["npz"]["value_range"]
+    if len(low_high) != 2 or not low_high[0] < low_high[1]:
+        raise ConfigError(
+            f"data.npz.value_range must be [low, high] with low < high, got {low_high}"
+        )
+    syn = data["synthetic"]
+    if len(syn["shape"]) != 3 or any(s <= 0 for s in syn["shape"]):
+        raise ConfigError(
+            f"data.synthetic.shape must be [H, W, C] of positive ints, got {syn['shape']}"
+        )
+    spectrum = syn["spectrum"]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in spectrum)
+    if not numbers or any(v <= 0 for v in spectrum) or len(spectrum) not in (0, syn["latent_dim"]):
+        raise ConfigError(
+            f"data.synthetic.spectrum must be [] or {syn['latent_dim']} positive numbers "
+            f"(one per data.synthetic.latent_dim), got {spectrum}"
+        )
+    dim = syn["shape"][0] * syn["shape"][1] * syn["shape"][2]
+    if syn["latent_dim"] > dim:
+        raise ConfigError(
+            f"data.synthetic.latent_dim ({syn['latent_dim']}) exceeds the observation dimension "
+            f"{dim} of data.synthetic.shape {syn['shape']}"
         )
 
 

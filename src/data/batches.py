@@ -1,0 +1,161 @@
+"""Training batches by step: the split resident on the device, or streamed from the host.
+
+Both providers give batch `step` = train_x[perm[p * B : (p + 1) * B]] with
+(epoch, p) = divmod(step, steps_per_epoch) and perm = epoch_permutation(data_key, epoch), so a
+run produces the same batches, in the same order, whichever is used (and a resumed run
+replays them).
+
+- DeviceBatches: train_x is copied to the devices once; each step gathers its batch there
+  (no host-to-device copy per step).
+- StreamedBatches: for data that does not fit. A background thread gathers the next
+  `prefetch` batches on the host and copies them to the devices while the current step runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from src.data.pipeline import epoch_permutation, take_batch
+
+
+class DeviceBatches:
+    """The whole training split on the device; the batch of a step is gathered on device."""
+
+    on_device = True
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        data_key: jax.Array,
+        batch_size: int,
+        steps_per_epoch: int,
+        sharding: jax.sharding.Sharding,
+    ):
+        self.x = jax.device_put(x, sharding)
+        self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
+        self.perm: jax.Array | None = None
+        self.perm_epoch = -1
+
+    def __call__(self, step: int) -> jax.Array:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self.perm_epoch:
+            self.perm = epoch_permutation(self.data_key, epoch, len(self.x))
+            self.perm_epoch = epoch
+        assert self.perm is not None
+        start = jnp.int32(position * self.batch_size)
+        return take_batch(self.x, self.perm, start, self.batch_size)
+
+    def close(self) -> None:
+        """Nothing to stop; present so both providers are used the same way."""
+
+
+class StreamedBatches:
+    """Batches gathered on the host and copied to the devices by a prefetching thread.
+
+    Steps are expected in order; asking for any other step (e.g. after a resume) restarts the
+    thread there. An exception in the thread is re-raised by the next call.
+    """
+
+    on_device = False
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        data_key: jax.Array,
+        batch_size: int,
+        steps_per_epoch: int,
+        sharding: jax.sharding.Sharding,
+        prefetch: int,
+    ):
+        self.x, self.sharding, self.prefetch = x, sharding, prefetch
+        self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
+        self.next_step: int | None = None
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()
+        self.queue: queue.Queue[Any] = queue.Queue()
+
+    def __call__(self, step: int) -> jax.Array:
+        if step != self.next_step:
+            self._start(step)
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.next_step = None
+            raise item
+        self.next_step = step + 1
+        return item
+
+    def _start(self, step: int) -> None:
+        self.close()
+        self.stop = threading.Event()
+        self.queue = queue.Queue(maxsize=self.prefetch)
+        self.thread = threading.Thread(
+            target=self._produce, args=(step, self.stop, self.queue), daemon=True
+        )
+        self.thread.start()
+
+    def _produce(self, step: int, stop: threading.Event, out: queue.Queue) -> None:
+        perm, perm_epoch = np.empty(0, np.int64), -1
+        while not stop.is_set():
+            try:
+                epoch, position = divmod(step, self.per_epoch)
+                if epoch != perm_epoch:
+                    perm = np.asarray(epoch_permutation(self.data_key, epoch, len(self.x)))
+                    perm_epoch = epoch
+                idx = perm[position * self.batch_size : (position + 1) * self.batch_size]
+                item: Any = jax.device_put(self.x[idx], self.sharding)
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = e
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            step += 1
+
+    def close(self) -> None:
+        """Stops the thread (dropping prefetched batches)."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        self.next_step = None
+
+
+def fits_on_device(nbytes: int, devices: Any, fraction: float) -> bool:
+    """Whether nbytes take at most `fraction` of every device's memory.
+
+    Devices that report no memory limit (the CPU backend, where device memory is host memory)
+    always fit.
+    """
+    for device in devices:
+        stats = device.memory_stats()
+        if stats and "bytes_limit" in stats and nbytes > fraction * stats["bytes_limit"]:
+            return False
+    return True
+
+
+def make_batches(
+    x: np.ndarray,
+    data_key: jax.Array,
+    batch_size: int,
+    steps_per_epoch: int,
+    sharding: jax.sharding.Sharding,
+    cfg: Any,
+) -> DeviceBatches | StreamedBatches:
+    """The provider chosen by data.on_device (auto: on the device when it fits)."""
+    if cfg.on_device == "auto":
+        on_device = fits_on_device(x.nbytes, sharding.device_set, cfg.device_memory_fraction)
+    else:
+        on_device = cfg.on_device == "true"
+    if on_device:
+        return DeviceBatches(x, data_key, batch_size, steps_per_epoch, sharding)
+    return StreamedBatches(x, data_key, batch_size, steps_per_epoch, sharding, cfg.prefetch)
