@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from src.data.catalog import IDX_FILES
+from src.data.idx import write_idx
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "configs" / "experiment" / "baseline.yaml"
 
@@ -34,3 +39,20 @@ def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.Comp
         cwd=REPO,
         env=env,
     )
+
+
+def write_idx_dataset(
+    directory: Path, n_train: int, n_test: int, gz: bool, side: int = 28, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Writes the four MNIST-style IDX files of random uint8 images; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for role, array in arrays.items():
+        write_idx(directory / (IDX_FILES[role] + (".gz" if gz else "")), array)
+    return arrays
