@@ -43,6 +43,7 @@ def test_mnist_experiment_runs_on_idx_files(tmp_path, tiny_overrides):
     write_idx_dataset(tmp_path / "mnist", n_train=200, n_test=40, gz=True)
     overrides = [
         *tiny_overrides,
+        "training.epochs=1",
         f"data.dir={tmp_path / 'mnist'}",
         "data.verify_checksum=false",
     ]
