@@ -7,6 +7,7 @@ the tiny baseline (tests/helpers.py TINY), 88 steps.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -245,3 +246,134 @@ def test_checkpoint_write_error_names_the_path_and_keeps_the_last_good_step(tmp_
     assert info.value.exit_status == 4
     assert metrics(run_dir)["status"] == "failed"
     assert read_state(run_dir / "model_last")[0] == 20
+
+
+# --- Units: the NaN guard, the interval round trip, the resume config rules.
+
+
+def small_state(value: float):
+    import jax.numpy as jnp
+    import optax
+
+    from src.training.state import TrainState
+
+    params = {"w": jnp.full((3,), value, jnp.float32)}
+    return TrainState(jnp.int32(7), params, optax.adam(0.1).init(params))
+
+
+@pytest.mark.parametrize("policy, next_step", [("skip", 8), ("stop", 7)])
+def test_guard_drops_a_nonfinite_update(policy, next_step):
+    import jax.numpy as jnp
+
+    from src.training.step import guard_nonfinite
+
+    old, new = small_state(1.0), small_state(2.0)._replace(step=jnp.int32(8))
+    bad = {"loss": jnp.float32(np.nan), "grad_norm": jnp.float32(1.0), "kl": jnp.float32(3.0)}
+    state, out = guard_nonfinite(old, new, dict(bad), policy)
+    assert int(state.step) == next_step and float(out["nonfinite"]) == 1.0
+    for got, want in zip(jax.tree.leaves(state[1:]), jax.tree.leaves(old[1:]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    expected_kl = 0.0 if policy == "skip" else 3.0  # skip zeroes the sums' inputs
+    assert float(out["kl"]) == expected_kl
+
+    good = {**bad, "loss": jnp.float32(0.5)}
+    state, out = guard_nonfinite(old, new, good, policy)
+    assert int(state.step) == 8 and float(out["nonfinite"]) == 0.0
+    np.testing.assert_array_equal(state.params["w"], new.params["w"])
+
+
+def test_interval_survives_json_bit_for_bit():
+    from src.training import interval as accum
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=5), [np.nan, np.inf, -0.0, 1e-45, 3.4e38]]).astype(
+        np.float32
+    )
+    sums = {"kl_per_dim": jax.numpy.asarray(values), "loss": jax.numpy.float32(values[0])}
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    text = json.dumps(accum.to_json(accum.Interval(sums, 7, 1.5), 2.5))
+    back = accum.from_json(json.loads(text), sharding)
+    assert back.steps == 7 and back.seconds == 2.5 and back.sums is not None
+    for key, value in sums.items():
+        got = np.asarray(back.sums[key])
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.view(np.uint32), np.asarray(value).view(np.uint32))
+    assert accum.from_json(None, sharding) == accum.EMPTY
+
+
+def test_interval_means_exclude_skipped_steps():
+    from src.training.interval import means
+
+    sums = {"loss": np.float32(6.0), "nonfinite": np.float32(1.0)}
+    assert means(sums, 4) == {"loss": 2.0, "skipped_steps": 1}
+    assert np.isnan(means({"loss": np.float32(0), "nonfinite": np.float32(2)}, 2)["loss"])
+
+
+def saved_run(tmp_path: Path, overrides: list[str]):
+    from argparse import Namespace
+
+    from src.utils.config import save_config
+
+    paths = run_paths(tmp_path, "r")
+    prepare(paths, resume=False, overwrite=False)
+    save_config(load_config(BASELINE, overrides=overrides), paths.config)
+    return paths, Namespace(config=None, model=None, data=None)
+
+
+def test_resume_keeps_the_saved_config_and_allows_a_new_length(tmp_path):
+    from src.training.entry import resume_config
+
+    paths, args = saved_run(tmp_path, list(TINY))
+    assert resume_config(args, [], paths) == load_config(BASELINE, overrides=TINY)
+    # Repeating the original command is fine; a new length with a constant schedule too.
+    args.config = str(BASELINE)
+    assert resume_config(args, list(TINY), paths).training.epochs == 2
+    args.config = None
+    assert resume_config(args, ["training.epochs=5"], paths).training.epochs == 5
+
+
+@pytest.mark.parametrize(
+    "saved, asked, message",
+    [
+        ([], ["training.lr=0.1"], "training.lr (saved 0.001, asked 0.1) differ"),
+        ([], ["model.latent_dim=8"], "model.latent_dim"),
+        (["optimizer.schedule=warmup_cosine"], ["training.epochs=5"], "decay horizon"),
+    ],
+)
+def test_resume_refuses_other_changes(tmp_path, saved, asked, message):
+    from src.training.entry import resume_config
+    from src.utils.errors import ConfigError
+
+    paths, args = saved_run(tmp_path, [*TINY, *saved])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resume_config(args, asked, paths)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--run_id=nope", "--resume"], "no run to resume"),
+        (["--run_id=nope", "--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_bad_resume_flags_exit_2(tmp_path, args, message):
+    result = run_script("train.py", f"--workdir={tmp_path}", *args, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "checkpoints" / "nope").exists()
+
+
+def test_storage_failures_are_recognised_when_wrapped():
+    from src.utils.checkpoint import is_storage_failure
+
+    wrapped = ValueError('RESOURCE_EXHAUSTED: Failed writing: "x": No space left on device')
+    assert is_storage_failure(wrapped) and is_storage_failure(PermissionError(13, "denied"))
+    try:
+        try:
+            raise OSError(30, "Read-only")
+        except OSError as e:
+            raise RuntimeError("save failed") from e
+    except RuntimeError as e:
+        assert is_storage_failure(e)
+    assert not is_storage_failure(ValueError("tree structures do not match"))

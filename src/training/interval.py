@@ -30,7 +30,7 @@ def add(interval: Interval, metrics: dict[str, jax.Array]) -> Interval:
     return Interval(sums, interval.steps + 1, interval.seconds)
 
 
-def means(sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
+def means(sums: dict[str, Any], count: int) -> dict[str, Any]:
     """Per-step means over the steps whose update was applied, plus skipped_steps (a count).
 
     Args:

@@ -121,7 +121,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         resume=resume,
     )
     recorder.truncate(int(state.step))
-    recorder.update(best=None)
+    recorder.update(best=None, skipped_steps=total_skipped(recorder.data["history"]))
     best = None
     if best_meta is not None:
         best = best_meta["val"][cfg.checkpoint.best_metric]

@@ -13,6 +13,7 @@ but does not read back (truncated by hand or by a broken file system) is set asi
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
             ),
             force=True,
         )
-    except OSError as e:
+    except Exception as e:
+        if not is_storage_failure(e):
+            raise
         raise _storage_error(manager, step, e) from e
 
 
@@ -60,17 +63,36 @@ def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until pending saves are on disk; a failed background write raises StorageError."""
     try:
         manager.wait_until_finished()
-    except OSError as e:
+    except Exception as e:
+        if not is_storage_failure(e):
+            raise
         raise _storage_error(manager, None, e) from e
+
+
+# How storage failures read when Orbax/TensorStore wrap them in other exception types.
+STORAGE_MESSAGES = re.compile(
+    r"No space left|Read-only file system|Permission denied|Disk quota|os_error_code"
+)
+
+
+def is_storage_failure(e: BaseException) -> bool:
+    """An OSError anywhere in e's cause chain, or a wrapped one recognised by its message."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) or STORAGE_MESSAGES.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _storage_error(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> StorageError:
     newest = manager.latest_step()
     where = f"step {step} to " if step is not None else ""
     kept = f"step {newest}" if newest is not None else "none"
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return StorageError(
-        f"cannot write checkpoint {where}{manager.directory}: {e}; newest complete checkpoint "
-        f"there: {kept}; fix the disk and resume with --resume"
+        f"cannot write checkpoint {where}{manager.directory}: {reason}; newest complete "
+        f"checkpoint there: {kept}; free space or fix permissions, then --resume"
     )
 
 
