@@ -377,3 +377,25 @@ def test_storage_failures_are_recognised_when_wrapped():
     except RuntimeError as e:
         assert is_storage_failure(e)
     assert not is_storage_failure(ValueError("tree structures do not match"))
+
+
+def test_longer_resume_with_constant_schedule_equals_a_fresh_longer_run(tmp_path, reference):
+    from argparse import Namespace
+
+    from src.training.entry import resume_config
+    from src.utils.config import load_saved_config
+
+    shutil.copytree(reference, tmp_path / "checkpoints" / "x")
+    paths = run_paths(tmp_path, "x")
+    prepare(paths, resume=True, overwrite=False)
+    args = Namespace(config=None, model=None, data=None)
+    cfg = resume_config(args, ["training.epochs=3"], paths)
+    record = train_and_evaluate(cfg, paths, resume=True)
+    assert load_saved_config(paths.config).training.epochs == 3  # the record tells the truth
+    assert record["total_steps"] == 132 and record["status"] == "completed"
+    train_in_process(tmp_path, "fresh", [*TINY, "training.epochs=3"])
+    (_, a), (_, b) = read_state(paths.last), read_state(
+        tmp_path / "checkpoints" / "fresh" / "model_last"
+    )
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
