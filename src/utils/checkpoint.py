@@ -26,7 +26,11 @@ from src.utils.errors import RunDirError, StorageError
 
 
 def make_manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
-    """An async CheckpointManager that removes unfinished saves of earlier processes."""
+    """An async CheckpointManager that removes unfinished saves of earlier processes.
+
+    For the training process only: a reader opening a folder that is being written would
+    delete the writer's save in progress (readers use CheckpointManagerOptions(read_only=True)).
+    """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
@@ -133,7 +137,8 @@ def restore_newest(
         for bad, error in failed:
             folder = Path(manager.directory) / str(bad)
             aside = folder.with_name(f"{bad}.corrupt-{int(time.time())}")
-            folder.rename(aside)
+            if jax.process_index() == 0:  # one host moves it; all of them skip it
+                folder.rename(aside)
             print(
                 f"warning: checkpoint {folder} does not read back ({type(error).__name__}); "
                 f"moved to {aside.name}, resuming from step {step}",
