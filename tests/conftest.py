@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.helpers import TINY
+from tests.helpers import JAX_CACHE_ENV, TINY
+
+for _name, _value in JAX_CACHE_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Sequence
+from typing import Any
 
-from src.utils.cli import ArgumentParser, split_overrides
-from src.utils.config import load_config, load_saved_config, parse_override
+from src.utils.cli import NONFINITE_STATUS, ArgumentParser, interrupted_status, split_overrides
+from src.utils.config import changed_keys, load_config, load_saved_config
 from src.utils.errors import ConfigError
-from src.utils.rundir import default_run_id, prepare, run_paths
+from src.utils.rundir import RunPaths, default_run_id, prepare, run_paths
 
 # Keys that may differ when resuming: they change how long the run is, not what it computes.
 RESUMABLE_OVERRIDES = {"training.epochs"}
@@ -29,20 +32,47 @@ def parse_args(argv: Sequence[str]):
     return args, overrides
 
 
+def resume_config(args: Any, overrides: list[str], paths: RunPaths) -> Any:
+    """The config a resumed run continues with: its config.yaml, planned length possibly changed.
+
+    --config/--model/--data and --config.* overrides may be repeated from the original command;
+    anything they change other than RESUMABLE_OVERRIDES is refused. A new training.epochs is
+    refused with a warmup_cosine schedule, whose decay horizon is the planned length: the steps
+    already taken would belong to a different schedule than the one the record would claim.
+    """
+    saved = load_saved_config(paths.config)
+    if args.config:
+        requested = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
+    else:
+        requested = load_saved_config(paths.config, overrides)
+    changed = changed_keys(saved, requested)
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_OVERRIDES}
+    if refused:
+        shown = ", ".join(f"{k} (saved {a!r}, asked {b!r})" for k, (a, b) in refused.items())
+        raise ConfigError(
+            f"--resume: {shown} differ from {paths.config}; a resumed run keeps its saved config "
+            f"and only {', '.join(sorted(RESUMABLE_OVERRIDES))} may change (drop --config to use "
+            "the saved one)"
+        )
+    if "training.epochs" in changed and saved.optimizer.schedule != "constant":
+        raise ConfigError(
+            f"--resume: training.epochs cannot change with optimizer.schedule="
+            f"{saved.optimizer.schedule}, whose decay horizon is the planned length; resume with "
+            f"training.epochs={saved.training.epochs} or start a new run"
+        )
+    return requested
+
+
 def main(argv: Sequence[str]) -> int:
     args, overrides = parse_args(argv)
     if args.resume:
         if not args.run_id:
             raise ConfigError("--resume needs --run_id (the run to continue)")
+        if args.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
         paths = run_paths(args.workdir, args.run_id)
         prepare(paths, resume=True, overwrite=False)
-        for key, _ in map(parse_override, overrides):
-            if key not in RESUMABLE_OVERRIDES:
-                raise ConfigError(
-                    f"--config.{key}: a resumed run keeps its saved config; only "
-                    f"{', '.join(sorted(RESUMABLE_OVERRIDES))} may change"
-                )
-        cfg = load_saved_config(paths.config, overrides)
+        cfg = resume_config(args, overrides, paths)
     else:
         if not args.config:
             raise ConfigError(
@@ -55,9 +85,29 @@ def main(argv: Sequence[str]) -> int:
     from src.training.loop import train_and_evaluate
 
     record = train_and_evaluate(cfg, paths, resume=args.resume)
+    run = paths.run_dir.name
+    if record["status"] == "interrupted":
+        step, name = record["stopped_at_step"], record["signal"]
+        print(
+            f"run {run}: interrupted by {name} at step {step}, model_last saved; resume with: "
+            f"python scripts/train.py --workdir={args.workdir} --run_id={run} --resume",
+            file=sys.stderr,
+        )
+        return interrupted_status(getattr(signal, name))
+    if record["status"] == "failed":
+        failure = record["failure"]
+        print(
+            f"run {run}: failed: {failure['reason']} at step {failure['step']} "
+            f"(loss={failure['loss']}, grad_norm={failure['grad_norm']}); model_last holds step "
+            f"{record['stopped_at_step']}; training.nan_policy=skip drops such steps instead",
+            file=sys.stderr,
+        )
+        return NONFINITE_STATUS
     best = record["best"]
-    print(
-        f"run {paths.run_dir.name}: {record['status']}; best val {best['metric']}={best['value']:.4f} "
-        f"at step {best['step']}; record in {paths.run_dir}"
+    shown = (
+        f"best val {best['metric']}={best['value']:.4f} at step {best['step']}"
+        if best
+        else "no finite val"
     )
+    print(f"run {run}: {record['status']}; {shown}; record in {paths.run_dir}")
     return 0

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -19,6 +18,7 @@ from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
+from src.training import interval as accum
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_bytes, param_count, split_model
 from src.training.step import make_eval_step, make_mesh, make_train_step
@@ -29,6 +29,7 @@ from src.utils.io import atomic_write_json, read_json
 from src.utils.recorder import Recorder, is_better
 from src.utils.reproducibility import seed_host_rngs
 from src.utils.rundir import RunPaths
+from src.utils.signals import StopRequest
 
 
 def select_devices(num_devices: int, batch_size: int) -> list[Any]:
@@ -81,7 +82,27 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, total_steps)
     state = jax.device_put(init_state(params, tx), replicated)
 
-    # --- Run record.
+    # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
+    last_manager = checkpoint.make_manager(paths.last, cfg.checkpoint.keep_last)
+    best_manager = checkpoint.make_manager(paths.best, 1)
+    interval, best_meta = accum.EMPTY, None
+    if resume:
+        restored = checkpoint.restore_newest(
+            last_manager, checkpoint.abstract_like(state, replicated)
+        )
+        if restored is not None:
+            state, meta = restored
+            interval = accum.from_json(meta.get("train_interval"), replicated)
+        if int(state.step) > total_steps:
+            raise ConfigError(
+                f"training.epochs={tcfg.epochs} plans {total_steps} steps but run "
+                f"{paths.run_dir.name} has already done {int(state.step)}"
+            )
+        # The best checkpoint on disk is the truth: it may be ahead of the restored step when a
+        # run died between the two saves; a bit-exact replay reaches the same value again.
+        best_meta = checkpoint.latest_meta(best_manager)
+
+    # --- Run record (written only once the checkpoints are known to be usable).
     header = {
         "run_id": paths.run_dir.name,
         "experiment": cfg.experiment.name,
@@ -99,23 +120,24 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         write=writer,
         resume=resume,
     )
+    recorder.truncate(int(state.step))
+    recorder.update(best=None, skipped_steps=total_skipped(recorder.data["history"]))
+    best = None
+    if best_meta is not None:
+        best = best_meta["val"][cfg.checkpoint.best_metric]
+        recorder.set_best(best_meta["step"], cfg.checkpoint.best_metric, best)
     if writer:
         if resume:
             prov = read_json(paths.provenance)
-            prov.setdefault("resumes", []).append(provenance.collect(tcfg.seed))
+            prov.setdefault("resumes", []).append(
+                provenance.collect(tcfg.seed, {"from_step": int(state.step)})
+            )
         else:
-            save_config(cfg, paths.config)
             data_info = {**splits.info, "on_device": batches.on_device}
             prov = provenance.collect(tcfg.seed, {"data": data_info})
+        # On resume this records a changed training.epochs; otherwise it is the same text.
+        save_config(cfg, paths.config)
         atomic_write_json(paths.provenance, prov)
-
-    # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
-    last_manager = checkpoint.make_manager(paths.last, cfg.checkpoint.keep_last)
-    best_manager = checkpoint.make_manager(paths.best, 1)
-    if resume and last_manager.latest_step() is not None:
-        state, _ = checkpoint.restore(last_manager, checkpoint.abstract_like(state, replicated))
-        recorder.truncate(int(state.step))
-    best = recorder.data["best"]["value"] if recorder.data["best"] else None
     if recorder.tb is not None:
         recorder.tb.add_scalar("model/param_count", header["param_count"], 0)
         recorder.tb.add_scalar("model/model_bytes", header["model_bytes"], 0)
@@ -126,7 +148,15 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         "likelihood": cfg.model.likelihood,
         "dynamic_binarize": cfg.data.binarize == "dynamic",
     }
-    train_step = make_train_step(graphdef, tx, schedule, mesh, beta=tcfg.kl.beta, **step_args)
+    train_step = make_train_step(
+        graphdef,
+        tx,
+        schedule,
+        mesh,
+        beta=tcfg.kl.beta,
+        nan_policy=tcfg.nan_policy,
+        **step_args,
+    )
     eval_step = make_eval_step(graphdef, **step_args)
 
     def validate(step: int) -> None:
@@ -144,50 +174,88 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         if is_better(value, best, cfg.checkpoint.best_mode):
             best = value
             recorder.set_best(step, cfg.checkpoint.best_metric, value)
+            if step in best_manager.all_steps():  # left by a run that died ahead of its model_last
+                best_manager.delete(step)
             checkpoint.save(best_manager, step, state, {"step": step, "val": metrics})
+
+    def save_last(step: int) -> None:
+        """model_last at step with the open logging interval, unless that step is saved already."""
+        if last_manager.latest_step() != step:
+            meta = {"step": step, "train_interval": accum.to_json(interval, elapsed())}
+            checkpoint.save(last_manager, step, state, meta)
+
+    def elapsed() -> float:
+        return interval.seconds + time.perf_counter() - tic
 
     # --- Loop.
     step = int(state.step)
     recorder.update(status="running")
-    sums: dict[str, jax.Array] | None = None
-    count, tic = 0, time.perf_counter()
+    tic = time.perf_counter()
+    failure: dict[str, Any] | None = None
     try:
-        while step < total_steps:
-            batch = batches(step)
-            state, metrics = train_step(state, batch, jax.random.fold_in(keys["train"], step))
-            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-            count += 1
-            step += 1
-            if step % cfg.logging.every_steps == 0 or step == total_steps:
-                means: dict[str, Any] = {
-                    k: np.asarray(v) / count for k, v in jax.device_get(sums).items()
-                }
-                elapsed = time.perf_counter() - tic
-                means["lr"] = float(schedule(step - 1))
-                means["examples_per_sec"] = count * batch_size / elapsed
-                recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
-                sums, count = None, 0
-            if step % cfg.eval.every_steps == 0 or step == total_steps:
-                validate(step)
-            if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
-                checkpoint.save(last_manager, step, state, {"step": step})
-            if count == 0:  # an interval ended: time the next one from here, excluding eval/saves
-                tic = time.perf_counter()
-        last_manager.wait_until_finished()
-        best_manager.wait_until_finished()
-        recorder.update(status="completed")
+        with StopRequest() as stop:
+            while step < total_steps and stop.signum is None:
+                batch = batches(step)
+                state, metrics = train_step(state, batch, jax.random.fold_in(keys["train"], step))
+                # nan_policy stop: the step left the state at the last good step. Reading the
+                # flag waits for each step; skip needs no wait (the flag is summed instead).
+                if tcfg.nan_policy == "stop" and float(metrics["nonfinite"]):
+                    failure = nonfinite_failure(step + 1, metrics)
+                    break
+                interval = accum.add(interval, metrics)
+                step += 1
+                if step % cfg.logging.every_steps == 0 or step == total_steps:
+                    means = accum.means(jax.device_get(interval.sums), interval.steps)
+                    means["lr"] = float(schedule(step - 1))
+                    means["examples_per_sec"] = interval.steps * batch_size / elapsed()
+                    recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
+                    recorder.update(skipped_steps=total_skipped(recorder.data["history"]))
+                    interval = accum.EMPTY
+                if step % cfg.eval.every_steps == 0 or step == total_steps:
+                    validate(step)
+                if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
+                    save_last(step)
+                if interval.steps == 0:  # time the next interval from here, excluding eval/saves
+                    tic = time.perf_counter()
+            if stop.signum is not None or failure is not None:
+                save_last(step)
+            checkpoint.wait(last_manager)
+            checkpoint.wait(best_manager)
+        if failure is not None:
+            recorder.update(status="failed", stopped_at_step=step, failure=failure)
+        elif stop.signum is not None and step < total_steps:
+            recorder.update(status="interrupted", stopped_at_step=step, signal=stop.name)
+        else:
+            recorder.update(status="completed")
     except BaseException as e:
-        last_manager.wait_until_finished()
-        best_manager.wait_until_finished()
-        interrupted = isinstance(e, KeyboardInterrupt)
-        recorder.update(status="interrupted" if interrupted else "failed", stopped_at_step=step)
+        # Wait for saves already started, but a failing disk must not hide the original error.
+        for manager in (last_manager, best_manager):
+            try:
+                checkpoint.wait(manager)
+            except Exception as wait_error:  # reported with the original error below
+                e.add_note(f"while waiting for checkpoints: {wait_error}")
+        recorder.update(status="failed", stopped_at_step=step, error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        batches.close()
-        recorder.close()
-        last_manager.close()
-        best_manager.close()
+        try:
+            batches.close()
+            recorder.close()
+        finally:
+            last_manager.close()
+            best_manager.close()
     return recorder.data
+
+
+def nonfinite_failure(step: int, metrics: dict[str, jax.Array]) -> dict[str, Any]:
+    """The run-record entry for a stop on non-finite values: the step and the offending metric."""
+    values = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
+    bad = [k for k, v in values.items() if not np.isfinite(v)]
+    return {"step": step, "reason": "non-finite " + " and ".join(bad), **values}
+
+
+def total_skipped(history: list[dict[str, Any]]) -> int:
+    """Steps dropped by nan_policy skip so far, from the train records."""
+    return sum(r.get("skipped_steps", 0) for r in history if r["split"] == "train")
 
 
 def _scalar(value: np.ndarray) -> Any:

@@ -44,6 +44,34 @@ def draw_noise(
     return x, jax.random.normal(k_eps, (x.shape[0], latent_dim), x.dtype)
 
 
+def guard_nonfinite(
+    old: TrainState, new: TrainState, metrics: dict[str, jax.Array], nan_policy: str
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Keeps old's params and optimizer state when loss or grad_norm is not finite.
+
+    nan_policy "skip": the step counter still advances (the next step sees the next batch and
+    key) and the metrics of the dropped step are zeroed, so interval sums stay finite.
+    nan_policy "stop": the whole state stays at old, the last good step, and the metrics keep
+    the offending values for the run record; the loop then stops.
+    Adds metrics["nonfinite"] (float32 0 or 1). A finite step returns new unchanged.
+    """
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
+    def keep(n: jax.Array, o: jax.Array) -> jax.Array:
+        return jnp.where(finite, n, o)
+
+    step = new.step if nan_policy == "skip" else keep(new.step, old.step)
+    state = TrainState(
+        step,
+        jax.tree.map(keep, new.params, old.params),
+        jax.tree.map(keep, new.opt_state, old.opt_state),
+    )
+    if nan_policy == "skip":
+        metrics = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), metrics)
+    metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.float32)
+    return state, metrics
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -54,8 +82,13 @@ def make_train_step(
     likelihood: str,
     beta: float,
     dynamic_binarize: bool,
+    nan_policy: str,
 ) -> StepFn:
-    """Builds the jitted step; the state argument is donated."""
+    """Builds the jitted step; the state argument is donated.
+
+    A step whose loss or gradient norm is not finite is dropped (see guard_nonfinite) and
+    flagged with metrics["nonfinite"] = 1.
+    """
 
     def loss_fn(params: Any, x: jax.Array, eps: jax.Array) -> tuple[jax.Array, dict]:
         terms = vae_terms(nnx.merge(graphdef, params), x, eps, likelihood)
@@ -78,7 +111,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return guard_nonfinite(
+            state, TrainState(state.step + 1, params, opt_state), metrics, nan_policy
+        )
 
     sharded_body = jax.shard_map(
         body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P())

@@ -1,32 +1,102 @@
 """Orbax checkpoints of the full train state: model_last (latest steps) and model_best.
 
 Two managers, because Orbax's best_fn with max_to_keep=1 would delete the latest step. Each
-checkpoint holds the state pytree and a JSON item with the step's metrics. States are restored
+checkpoint holds the state pytree and a JSON item with the step's metadata. States are restored
 onto an abstract target, so the device layout of the restoring process decides placement.
+
+Crash safety: Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it when
+complete, so a process killed mid-save leaves a temporary folder, never a half step. Managers are
+created with cleanup_tmp_directories, which deletes such leftovers; a step folder that exists
+but does not read back (truncated by hand or by a broken file system) is set aside as
+`<step>.corrupt-<time>` when an older step restores.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from src.utils.errors import RunDirError
+from src.utils.errors import RunDirError, StorageError
 
 
 def make_manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    return ocp.CheckpointManager(directory.absolute(), options=options)
+    """An async CheckpointManager that removes unfinished saves of earlier processes.
+
+    For the training process only: a reader opening a folder that is being written would
+    delete the writer's save in progress (readers use CheckpointManagerOptions(read_only=True)).
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=True,
+    )
+    try:
+        return ocp.CheckpointManager(directory.absolute(), options=options)
+    except OSError as e:
+        raise StorageError(f"cannot use checkpoint folder {directory}: {e}") from e
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts an (asynchronous) save; call manager.wait_until_finished() before exiting."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True,
+    """Starts an asynchronous save (it waits for the previous one); call wait() before exiting.
+
+    A failure to write (read-only or full disk) raises StorageError naming the folder; the
+    state in memory is untouched and the previous complete step stays restorable.
+    """
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+    except Exception as e:
+        if not is_storage_failure(e):
+            raise
+        raise _storage_error(manager, step, e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until pending saves are on disk; a failed background write raises StorageError."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        if not is_storage_failure(e):
+            raise
+        raise _storage_error(manager, None, e) from e
+
+
+# How storage failures read when Orbax/TensorStore wrap them in other exception types.
+STORAGE_MESSAGES = re.compile(
+    r"No space left|Read-only file system|Permission denied|Disk quota|os_error_code"
+)
+
+
+def is_storage_failure(e: BaseException) -> bool:
+    """An OSError anywhere in e's cause chain, or a wrapped one recognised by its message."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) or STORAGE_MESSAGES.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _storage_error(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> StorageError:
+    newest = manager.latest_step()
+    where = f"step {step} to " if step is not None else ""
+    kept = f"step {newest}" if newest is not None else "none"
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return StorageError(
+        f"cannot write checkpoint {where}{manager.directory}: {reason}; newest complete "
+        f"checkpoint there: {kept}; free space or fix permissions, then --resume"
     )
 
 
@@ -44,6 +114,60 @@ def restore(
         ),
     )
     return restored["state"], restored["meta"]
+
+
+def restore_newest(
+    manager: ocp.CheckpointManager, abstract_state: Any
+) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the newest step that reads back; None when the folder holds no step.
+
+    Newer steps that fail to read while an older one succeeds are unusable (the same target
+    restored the older one) and are renamed to `<step>.corrupt-<time>`. If no step reads back,
+    nothing is moved and a RunDirError names the folder and the newest step's error.
+    """
+    failed: list[tuple[int, Exception]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = restore(manager, abstract_state, step)
+            if int(restored[0].step) != step:
+                raise ValueError(f"holds the state of step {int(restored[0].step)}")
+        except Exception as e:  # any failure to read makes this step unusable
+            failed.append((step, e))
+            continue
+        for bad, error in failed:
+            folder = Path(manager.directory) / str(bad)
+            aside = folder.with_name(f"{bad}.corrupt-{int(time.time())}")
+            if jax.process_index() == 0:  # one host moves it; all of them skip it
+                folder.rename(aside)
+            print(
+                f"warning: checkpoint {folder} does not read back ({type(error).__name__}); "
+                f"moved to {aside.name}, resuming from step {step}",
+                file=sys.stderr,
+            )
+        if failed:
+            manager.reload()
+        return restored
+    if failed:
+        step, error = failed[0]
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise RunDirError(
+            f"no checkpoint in {manager.directory} reads back; step {step}: "
+            f"{type(error).__name__}: {first_line}"
+        )
+    return None
+
+
+def latest_meta(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
+    """The JSON meta item of the latest step, or None when there is none or it does not read."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # an unreadable best checkpoint is replaced at the next improvement
+        print(f"warning: cannot read {manager.directory}/{step}: {e}", file=sys.stderr)
+        return None
+    return dict(restored["meta"])
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:

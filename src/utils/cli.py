@@ -1,4 +1,10 @@
-"""Command-line helpers shared by the scripts: --config.KEY=VALUE overrides and exit statuses."""
+"""Command-line helpers shared by the scripts: --config.KEY=VALUE overrides and exit statuses.
+
+Exit statuses: 0 done; 1 a bug (traceback); 2 a mistake in the input (USER_ERROR_STATUS);
+3 training stopped on a non-finite loss or gradient (NONFINITE_STATUS); 4 a checkpoint or record
+file could not be written or read (StorageError); 128 + signal number when SIGINT (130) or
+SIGTERM (143) interrupted a run after saving it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from src.utils.errors import UserError
+from src.utils.errors import RunError, UserError
 
 USER_ERROR_STATUS = 2
+NONFINITE_STATUS = 3
+
+
+def interrupted_status(signum: int) -> int:
+    """The shell's convention for a process ended by signal signum."""
+    return 128 + signum
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -43,9 +55,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Calls main; a UserError becomes one line on stderr and status 2, bugs keep their traceback."""
+    """Calls main; a UserError becomes one line on stderr and status 2, a RunError one line and
+    its exit_status; bugs keep their traceback."""
     try:
         return main(sys.argv[1:] if argv is None else argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR_STATUS
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_status

@@ -70,6 +70,7 @@ CHOICES = {
     "optimizer.schedule": ("constant", "warmup_cosine"),
     "checkpoint.best_mode": ("max", "min"),
     "parallel.backend": ("shard_map", "pmap"),
+    "training.nan_policy": ("stop", "skip"),
 }
 # String keys that also accept a YAML bool, stored as "true" / "false" (e.g. on_device: auto|true|false).
 BOOL_AS_STR = {"data.on_device"}
@@ -222,11 +223,6 @@ def check_values(cfg: Mapping[str, Any]) -> None:
             "data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
             "bernoulli needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
         )
-    if cfg["checkpoint"]["every_steps"] % cfg["logging"]["every_steps"]:
-        raise ConfigError(
-            f"checkpoint.every_steps ({cfg['checkpoint']['every_steps']}) must be a multiple of "
-            f"logging.every_steps ({cfg['logging']['every_steps']}) so a resumed run logs the same"
-        )
 
 
 def check_data_values(data: Mapping[str, Any]) -> None:
@@ -327,10 +323,23 @@ def apply_overrides(tree: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 
 
 def load_saved_config(
-    path: str | Path, root: Path = CONFIG_ROOT
+    path: str | Path, overrides: Iterable[str] = (), root: Path = CONFIG_ROOT
 ) -> ml_collections.FrozenConfigDict:
-    """Loads a run's config.yaml (already resolved) and validates it against the current schema."""
-    return freeze(validate(read_yaml(Path(path)), read_yaml(root / "default.yaml")))
+    """Loads a run's config.yaml (already resolved), applies overrides, validates it against the
+    current schema."""
+    tree = apply_overrides(read_yaml(Path(path)), overrides)
+    return freeze(validate(tree, read_yaml(root / "default.yaml")))
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old value, new value)} for every leaf where two configs differ."""
+    old, new = to_plain(old), to_plain(new)
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return {} if old == new else {prefix.rstrip("."): (old, new)}
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in [*old, *(k for k in new if k not in old)]:
+        out.update(changed_keys(old.get(key), new.get(key), f"{prefix}{key}."))
+    return out
 
 
 def save_config(cfg: ml_collections.FrozenConfigDict, path: str | Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from src.utils.errors import StorageError
 from src.utils.io import atomic_write_json, read_json
 
 VECTOR_KEYS = ("kl_per_dim",)
@@ -61,10 +62,12 @@ class Recorder:
             self.tb = SummaryWriter(str(log_dir))
 
     def truncate(self, step: int) -> None:
-        """Drops records after step (a resumed run replays them exactly)."""
+        """Drops records after step (a resumed run replays them exactly) and recomputes final.
+
+        best is left alone: the loop sets it from the model_best checkpoint on disk.
+        """
         self.data["history"] = [r for r in self.data["history"] if r["step"] <= step]
-        if self.data["best"] and self.data["best"]["step"] > step:
-            self.data["best"] = None
+        self.data["final"] = {r["split"]: r for r in self.data["history"]}
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
@@ -97,7 +100,10 @@ class Recorder:
 
     def save(self) -> None:
         if self.write:
-            atomic_write_json(self.path, self.data)
+            try:
+                atomic_write_json(self.path, self.data)
+            except OSError as e:
+                raise StorageError(f"cannot write {self.path}: {e}") from e
 
     def close(self) -> None:
         self.save()

@@ -68,5 +68,8 @@ def prepare(paths: RunPaths, resume: bool, overwrite: bool) -> None:
             )
         for folder in paths:
             shutil.rmtree(folder, ignore_errors=True)
+    if resume:  # temporary files of atomic writes that a hard exit cut short
+        for stale in paths.run_dir.glob(".*.tmp"):
+            stale.unlink()
     for folder in paths:
         folder.mkdir(parents=True, exist_ok=True)
