@@ -1,7 +1,12 @@
-"""Placeholder for the sweep command; see the open issue that specifies it."""
+"""Run a sweep: python scripts/sweep.py --config=configs/sweep/beta.yaml [--workers=2] [--workdir=results]."""
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.experiments.cli import sweep_main  # noqa: E402
+from src.utils.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    print("error: scripts/sweep.py is not implemented yet", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(run(sweep_main))

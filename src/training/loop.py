@@ -22,7 +22,7 @@ from src.training import interval as accum
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_bytes, param_count, split_model
 from src.training.step import make_eval_step, make_mesh, make_train_step
-from src.utils import checkpoint, provenance
+from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
 from src.utils.errors import ConfigError
 from src.utils.io import atomic_write_json, read_json
@@ -190,6 +190,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     # --- Loop.
     step = int(state.step)
     recorder.update(status="running")
+    started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
     tic = time.perf_counter()
     failure: dict[str, Any] | None = None
     try:
@@ -238,6 +239,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         raise
     finally:
         try:
+            run_index.record_end(paths.run_dir, recorder.data, started_at, write=writer)
             batches.close()
             recorder.close()
         finally:

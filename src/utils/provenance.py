@@ -7,12 +7,34 @@ import platform
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "numpy",
+    "ml-collections",
+    "scikit-learn",  # ships the digits data
+    "tensorboardX",
+)
+# Environment variables that change which devices a run sees or how XLA behaves.
+ENV_VARS = (
+    "CUDA_VISIBLE_DEVICES",
+    "TPU_VISIBLE_CHIPS",
+    "JAX_PLATFORMS",
+    "JAX_ENABLE_X64",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "SWEEP_NAME",  # set by scripts/sweep.py for its trials
+)
+MAX_UNTRACKED = 20
 
 
 def _git(*args: str) -> str | None:
@@ -26,13 +48,22 @@ def _git(*args: str) -> str | None:
 
 
 def git_state() -> dict[str, Any]:
+    """Commit, branch, and whether the working tree differs from it.
+
+    Untracked files that git does not ignore count as dirty too: a new module imported by the
+    run is not in the commit either. They are listed (at most MAX_UNTRACKED) next to the diff stat.
+    """
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    dirty = bool(status) if status is not None else None
+    modified = _git("status", "--porcelain", "--untracked-files=no")
+    others = _git("ls-files", "--others", "--exclude-standard")
+    untracked = others.splitlines() if others else []
+    dirty = (bool(modified) or bool(untracked)) if modified is not None else None
     return {
         "commit": commit,
+        "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
         "dirty": dirty,
-        "diff_stat": _git("diff", "HEAD", "--stat") if dirty else None,
+        "diff_stat": _git("diff", "HEAD", "--stat") if modified else None,
+        "untracked": untracked[:MAX_UNTRACKED],
     }
 
 
@@ -54,6 +85,8 @@ def collect(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "git": git_state(),
         "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "packages": package_versions(),
         "platform": platform.platform(),
@@ -67,5 +100,7 @@ def collect(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         },
         "seed": seed,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_enable_x64": bool(jax.config.read("jax_enable_x64")),
+        "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
         **(extra or {}),
     }
