@@ -111,3 +111,10 @@ def test_unsafe_yaml_is_rejected(tmp_path: Path):
     exp.write_text("training: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(exp)
+
+
+def test_saved_config_takes_resume_overrides(tmp_path: Path):
+    cfg = load_config(BASELINE, overrides=["training.epochs=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    resumed = load_saved_config(tmp_path / "config.yaml", ["training.epochs=5"])
+    assert resumed.training.epochs == 5 and resumed.training.lr == cfg.training.lr
