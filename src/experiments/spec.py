@@ -248,13 +248,21 @@ def load_sweep(path: str | Path, root: Path = CONFIG_ROOT) -> SweepSpec:
 
 
 def format_value(value: Any) -> str:
-    """A value as train.py's override parser (YAML) reads it back: 0.5, [32, 16], relu, "1"."""
+    """A value as train.py's override parser (YAML 1.1) reads it back: 0.5, 1.0e-05, [32, 16], relu."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        if e and "." not in mantissa:  # YAML 1.1 reads 1e-05 as a string, 1.0e-05 as a float
+            text = f"{mantissa}.0e{exponent}"
+        return text
     if isinstance(value, str):
         try:
             plain = yaml.safe_load(value) == value
         except yaml.YAMLError:
             plain = False
-        if plain and value.strip() == value and "," not in value:
+        if plain and value.strip() == value and not set(value) & set(",[]{}#"):
             return value
     return json.dumps(value)
 
