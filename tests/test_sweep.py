@@ -174,6 +174,10 @@ def test_bad_sweep_file_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "training.kl.bta" in lines[0], result.stderr
+    shipped = BASELINE.parents[1] / "sweep" / "beta.yaml"
+    zero = run_script("sweep.py", f"--config={shipped}", "--workers=0", f"--workdir={tmp_path}")
+    assert zero.returncode == 2 and "argument --workers: expected a positive integer" in zero.stderr
+    assert not (tmp_path / "sweeps").exists()
 
 
 # --- Running sweeps (real training, tiny settings).
@@ -265,3 +269,60 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path):
     assert "training.kl.beta must be >= 0" in rows[bad.run_id]["error"]
     assert rows[good.run_id]["status"] == "completed" and rows[good.run_id]["val_elbo"]
     assert "## Problems" in (work / "sweeps" / "bad" / "summary.md").read_text()
+
+
+def test_train_commands_for_each_action(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, grid={"training.kl.beta": [0.5]}))
+    (trial,) = expand(spec)
+    new = runner.train_command(spec, trial, tmp_path, "new")
+    assert new[2:] == [
+        f"--workdir={tmp_path}",
+        f"--run_id={trial.run_id}",
+        f"--config={BASELINE}",
+        "--config.training.kl.beta=0.5",
+    ]
+    assert "--overwrite" in runner.train_command(spec, trial, tmp_path, "restart")
+    resume = runner.train_command(spec, trial, tmp_path, "resume")
+    assert resume[-1] == "--resume" and not any(a.startswith("--config") for a in resume)
+
+
+def test_completed_trial_with_a_different_config_is_stale(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, grid={"training.kl.beta": [0.5]}))
+    (trial,) = expand(spec)
+    run_dir = tmp_path / "checkpoints" / trial.run_id
+    run_dir.mkdir(parents=True)
+    expected = runner.expected_hash(spec, trial)
+    for recorded, status in ((expected, "completed"), ("0123456789ab", "stale")):
+        (run_dir / "metrics.json").write_text(
+            json.dumps({"status": "completed", "config_hash": recorded})
+        )
+        outcome = runner.run_trial(spec, trial, tmp_path, tmp_path / "logs", {})
+        assert (outcome.action, outcome.status) == ("skipped", status)
+    assert "base experiment changed" in outcome.error
+    assert not (tmp_path / "logs").exists()  # nothing was launched
+
+
+def test_summary_table_and_plot_from_rows(tmp_path):
+    from src.experiments import summary
+
+    grid = {"model.hidden_dims": [[32], [64, 32]]}
+    spec = load_sweep(write_sweep(tmp_path, grid=grid, seeds=[1, 2]))
+    trials = expand(spec)
+    rows = [
+        summary.trial_row(
+            spec, t, runner.Outcome(t.run_id, "new", "completed", "", 1.0), tmp_path, []
+        )
+        for t in trials
+    ]
+    for i, row in enumerate(rows):
+        row["val_elbo"] = -30.0 + i
+    rows[-1]["status"], rows[-1]["error"] = "failed", "exit 1: boom"
+    summary.write_summary(spec, rows, tmp_path / "out")
+    table = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert [r["model.hidden_dims"] for r in table] == ["[32]", "[32]", "[64, 32]", "[64, 32]"]
+    assert [r["training.seed"] for r in table] == ["1", "2", "1", "2"]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert f"Best by val_elbo: `{trials[2].run_id}` (-28)" in md and "exit 1: boom" in md
+    assert summary.plot(spec, rows, tmp_path / "out" / "summary.png")
+    assert (tmp_path / "out" / "summary.png").stat().st_size > 1000
+    assert not summary.plot(spec, [{**r, "status": "failed"} for r in rows], tmp_path / "x.png")

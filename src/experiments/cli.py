@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,19 +10,20 @@ from pathlib import Path
 from src.experiments import experiment_log, runner, summary
 from src.experiments.spec import REPO_ROOT, expand, load_sweep
 from src.utils.cli import ArgumentParser
-from src.utils.errors import ConfigError, RunDirError
+from src.utils.errors import RunDirError
 from src.utils.io import atomic_write_json
 
 SOME_TRIALS_FAILED = 1
 
 
 def _positive_int(text: str) -> int:
+    """argparse type; its errors become 'argument --workers: ...' (status 2)."""
     try:
         value = int(text)
     except ValueError:
-        raise ConfigError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
-        raise ConfigError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
 
 
