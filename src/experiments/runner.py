@@ -17,6 +17,7 @@ import concurrent.futures
 import fcntl
 import os
 import queue
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def run_trial(
     cmd = train_command(spec, trial, workdir, action)
     tic = time.perf_counter()
     with log.open("ab") as f:
-        f.write(f"$ {' '.join(cmd)}\n".encode())
+        f.write(f"$ {shlex.join(cmd)}\n".encode())
         f.flush()
         start_out = f.tell()
         proc = subprocess.run(
@@ -181,9 +182,7 @@ def run_trial(
     status = read_json(metrics).get("status", "failed") if metrics.is_file() else "failed"
     if proc.returncode == 0 and status == "completed":
         return Outcome(trial.run_id, label, "completed", "", seconds)
-    if status == "completed":  # finished its record but the process failed afterwards
-        status = "failed"
-    if status == "running":  # killed before it could record why
+    if status in ("completed", "running"):  # failed after its record, or killed before writing it
         status = "failed"
     error = f"exit {proc.returncode}: {_last_line(log, start_out)}"
     return Outcome(trial.run_id, label, status, error, seconds)
