@@ -33,6 +33,7 @@ RESULT_COLUMNS = (
     "train_loss",
     "wall_s",
 )
+MAX_TICKS = 12  # up to this many swept values get their own x tick label
 
 
 def wall_seconds(index_rows: Sequence[Mapping[str, str]], run_id: str) -> float | None:
@@ -176,6 +177,9 @@ def plot(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], path: Path) -> bool
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(range(len(order)), order)
+    elif len(xs_all) <= MAX_TICKS:  # label the swept values themselves, not log-scale decades
+        ax.minorticks_off()
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
     ax.set_xlabel(x_key)
     ax.set_ylabel(spec.metric)
     repeats = f" (mean and min-max over {len(spec.seeds)} seeds)" if len(spec.seeds) > 1 else ""
