@@ -1,7 +1,17 @@
-"""Placeholder for the evaluate command; see the open issue that specifies it."""
+"""Evaluate a saved run: python scripts/evaluate.py --run_dir=results/checkpoints/<run_id>
+[--checkpoint=best|last] [--split=test|val|train] [--config.eval.KEY=VALUE]."""
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.utils.reproducibility import configure_determinism  # noqa: E402
+
+configure_determinism()  # before JAX is imported anywhere
+
+from src.evaluation.entry import main  # noqa: E402
+from src.utils.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    print("error: scripts/evaluate.py is not implemented yet", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(run(main))

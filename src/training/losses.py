@@ -57,6 +57,20 @@ def reconstruction_nll(likelihood: str, outputs: jax.Array, x: jax.Array) -> jax
     return LIKELIHOODS[likelihood](outputs, x)
 
 
+# E[x | z] from the decoder outputs, per likelihood (for figures). A likelihood added to
+# LIKELIHOODS needs its mean here too.
+LIKELIHOOD_MEANS = {"bernoulli": jax.nn.sigmoid}
+
+
+def decoder_mean(likelihood: str, outputs: jax.Array) -> jax.Array:
+    """E[x | z] for the likelihood named in model.likelihood: [batch, H, W, C]."""
+    if likelihood not in LIKELIHOOD_MEANS:
+        raise ConfigError(
+            f"model.likelihood: no mean image for {likelihood!r}; known: {', '.join(LIKELIHOOD_MEANS)}"
+        )
+    return LIKELIHOOD_MEANS[likelihood](outputs)
+
+
 class VAETerms(NamedTuple):
     """Per-example terms of one forward pass."""
 

@@ -173,3 +173,53 @@ def latest_meta(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """ShapeDtypeStructs of tree's leaves, placed with sharding (an Orbax restore target)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def open_manager(directory: Path) -> ocp.CheckpointManager:
+    """A manager for reading an existing folder: creates, deletes and cleans up nothing, so a save
+    in progress by a training process is left alone (and, unlike read_only=True, it logs nothing)."""
+    return ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        },
+    )
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """'params/encoder/net/layers/0/kernel' -> (shape, dtype) for every array leaf."""
+
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+        for path, leaf in leaves
+    }
+
+
+def check_matches(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+    """Raises RunDirError naming the first array whose name, shape or dtype differ between the
+    checkpoint at step and abstract_state (the state the current config builds)."""
+    saved = _leaf_specs(manager.item_metadata(step)["state"])
+    expected = _leaf_specs(abstract_state)
+    where = f"{manager.directory}/{step}"
+    for leaf in sorted(saved.keys() | expected.keys()):
+        if leaf not in expected:
+            raise RunDirError(
+                f"{where}: holds {leaf}, which the model in config.yaml does not have"
+            )
+        if leaf not in saved:
+            raise RunDirError(f"{where}: has no {leaf}, which the model in config.yaml needs")
+        if saved[leaf] != expected[leaf]:
+            (s_shape, s_dtype), (e_shape, e_dtype) = saved[leaf], expected[leaf]
+            raise RunDirError(
+                f"{where}: {leaf} is {s_dtype}{list(s_shape)} in the checkpoint but "
+                f"{e_dtype}{list(e_shape)} for config.yaml"
+            )

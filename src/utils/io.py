@@ -11,11 +11,16 @@ from typing import Any
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes text to a temporary file in the same folder, fsyncs it, then renames it over path."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes data to a temporary file in the same folder, fsyncs it, then renames it over path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,152 @@
+"""Sampling estimators for saved models: the IWAE bound and the mutual information I(x; z).
+
+Notation: x [batch, H, W, C], q(z|x) = N(mean, diag(exp(logvar))) with mean, logvar [batch, D],
+p(z) = N(0, I_D). All quantities are in nats. Every function is pure and jit-compatible; noise
+comes from the key passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from src.training.losses import reconstruction_nll
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z; mean, diag(exp(logvar))) summed over the last axis (broadcasting): [...]."""
+    return -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-logvar) + logvar + LOG_2PI, axis=-1)
+
+
+def chunked_log_mean_exp(
+    log_weights: Callable[[jax.Array], jax.Array], num_samples: int, chunk_size: int
+) -> jax.Array:
+    """log (1/k) sum_{s<k} exp(w_s) with w drawn chunk by chunk and a running log-sum-exp.
+
+    Only one chunk of log-weights (and of whatever produces them) is alive at a time, so k is
+    limited by time, not memory. Samples past k in the last chunk are masked out.
+
+    Args:
+      log_weights: chunk index c (int32 scalar) -> [chunk_size, ...] log-weights of samples
+        c * chunk_size ... (c + 1) * chunk_size - 1.
+      num_samples: k >= 1.
+      chunk_size: samples per call of log_weights.
+    Returns:
+      [...], the log mean of the k weights.
+    """
+    num_chunks = -(-num_samples // chunk_size)
+    shape = jax.eval_shape(log_weights, jnp.int32(0))
+    valid_shape = (chunk_size,) + (1,) * (len(shape.shape) - 1)
+
+    def body(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        running_max, running_sum = carry
+        w = log_weights(c)
+        valid = (c * chunk_size + jnp.arange(chunk_size)).reshape(valid_shape) < num_samples
+        w = jnp.where(valid, w, -jnp.inf)
+        new_max = jnp.maximum(running_max, jnp.max(w, axis=0))
+        # exp(-inf - finite) = 0: the first chunk always holds a valid sample.
+        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
+            jnp.exp(w - new_max), axis=0
+        )
+        return new_max, running_sum
+
+    init = (
+        jnp.full(shape.shape[1:], -jnp.inf, shape.dtype),
+        jnp.zeros(shape.shape[1:], shape.dtype),
+    )
+    running_max, running_sum = jax.lax.fori_loop(0, num_chunks, body, init)
+    return running_max + jnp.log(running_sum) - math.log(num_samples)
+
+
+def importance_log_weights(
+    model: Any,
+    x: jax.Array,
+    mean: jax.Array,
+    logvar: jax.Array,
+    eps: jax.Array,
+    likelihood: str,
+) -> jax.Array:
+    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) with z_s = mean + exp(logvar/2) * eps_s.
+
+    log p(x|z) comes from reconstruction_nll, so any likelihood in LIKELIHOODS works.
+
+    Args:
+      model: has decode(z [n, D]) -> decoder outputs [n, H, W, C].
+      x: [B, H, W, C]; mean, logvar: [B, D]; eps: [S, B, D] standard normal.
+    Returns:
+      [S, B] log-weights.
+    """
+    num, batch, dim = eps.shape
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    outputs = model.decode(z.reshape(num * batch, dim))
+    x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
+    log_px_z = -reconstruction_nll(likelihood, outputs, x_rep).reshape(num, batch)
+    log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
+    # log q at its own sample: (z - mean)^2 / var = eps^2 exactly, with no cancellation.
+    log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar + LOG_2PI, axis=-1)
+    return log_px_z + log_pz - log_qz
+
+
+def iwae_log_likelihood(
+    model: Any,
+    x: jax.Array,
+    key: jax.Array,
+    likelihood: str,
+    num_samples: int,
+    chunk_size: int,
+) -> jax.Array:
+    """Importance-weighted bound L_k(x) = log (1/k) sum_s w_s <= log p(x) (Burda et al. 2016).
+
+    L_1 is the single-sample ELBO; E[L_k] increases with k and tends to log p(x) as k -> inf,
+    so -L_k is an upper-bound estimate of the NLL. Chunk c draws its noise from
+    fold_in(key, c), so a smaller k uses a prefix of the same samples.
+
+    Args:
+      model: has encode(x) -> (mean, logvar) [B, D] and decode(z) -> outputs.
+      x: [B, H, W, C].
+    Returns:
+      [B] L_k(x) in nats.
+    """
+    mean, logvar = model.encode(x)
+    chunk = min(chunk_size, num_samples)
+
+    def log_weights(c: jax.Array) -> jax.Array:
+        eps = jax.random.normal(jax.random.fold_in(key, c), (chunk, *mean.shape), mean.dtype)
+        return importance_log_weights(model, x, mean, logvar, eps, likelihood)
+
+    return chunked_log_mean_exp(log_weights, num_samples, chunk)
+
+
+def mutual_information(
+    key: jax.Array, means: jax.Array, logvars: jax.Array, samples_per_example: int, row_chunk: int
+) -> jax.Array:
+    """I(x; z) under q(x, z) = p_data(x) q(z|x), p_data uniform over the N given examples.
+
+    I = E_x E_{q(z|x)} [log q(z|x) - log q(z)],  q(z) = (1/N) sum_n q(z|x_n)  (the aggregate
+    posterior; Hoffman & Johnson 2016, estimator of He et al. 2019). z is drawn
+    samples_per_example times from each q(z|x_i), and log q(z|x_i) is taken at the sample, so
+    every term is <= log N (q(z) >= q(z|x_i) / N) and collapsed posteriors give exactly 0.
+    Hence 0 <= I <= log N in expectation.
+
+    Args:
+      means, logvars: [N, D] posterior parameters of the N examples.
+      row_chunk: samples compared with all N posteriors at once (memory ~ row_chunk * N * D).
+    Returns:
+      scalar I(x; z) in nats.
+    """
+    n, dim = means.shape
+    eps = jax.random.normal(key, (samples_per_example, n, dim), means.dtype)
+    z = (means + jnp.exp(0.5 * logvars) * eps).reshape(-1, dim)
+    log_q_own = -0.5 * jnp.sum(jnp.square(eps) + logvars + LOG_2PI, axis=-1).reshape(-1)
+
+    def log_aggregate(z_row: jax.Array) -> jax.Array:
+        return jax.nn.logsumexp(log_normal_diag(z_row, means, logvars)) - math.log(n)
+
+    log_q_marginal = jax.lax.map(log_aggregate, z, batch_size=row_chunk)
+    return jnp.mean(log_q_own - log_q_marginal)

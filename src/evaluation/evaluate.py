@@ -1,0 +1,328 @@
+"""evaluate_run: restore a saved train state and evaluate one split with the costly estimators.
+
+Sections: run config, restore, estimators, figures, record. Everything that can be a user
+mistake (run dir, config, checkpoint, structure) is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
+from src.evaluation import figures
+from src.evaluation.estimators import iwae_log_likelihood, mutual_information
+from src.evaluation.metrics import evaluate_split
+from src.models.registry import build_model
+from src.training.losses import LIKELIHOOD_MEANS, decoder_mean
+from src.training.optim import build_optimizer
+from src.training.state import TrainState, init_state, split_model
+from src.training.step import draw_noise, make_eval_step
+from src.utils import checkpoint
+from src.utils.config import config_hash, load_saved_config, parse_override
+from src.utils.errors import ConfigError, RunDirError
+from src.utils.io import atomic_write_json, read_json
+
+CHECKPOINTS = {"best": "model_best", "last": "model_last"}
+SPLITS = ("train", "val", "test")
+# derive_keys(seed) is split(key(seed), 4), i.e. fold_in(key(seed), i) for i < 4 (with
+# jax_threefry_partitionable); the estimators get the next stream, so they never reuse noise.
+ESTIMATOR_STREAM = 4
+
+
+def derive_eval_keys(seed: int) -> dict[str, jax.Array]:
+    """elbo: the training run's eval key (same numbers as its validation); iwae, mi, figures."""
+    from src.training.loop import derive_keys
+
+    root = jax.random.fold_in(jax.random.key(seed), ESTIMATOR_STREAM)
+    return {
+        "elbo": derive_keys(seed)["eval"],
+        "iwae": jax.random.fold_in(root, 0),
+        "mi": jax.random.fold_in(root, 1),
+        "figures": jax.random.fold_in(root, 2),
+    }
+
+
+# --- Run config.
+
+
+def load_run_config(run_dir: Path, overrides: Sequence[str]) -> Any:
+    """The run's saved config with eval.* overrides; any other override is a ConfigError."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"--run_dir {run_dir}: no such directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"--run_dir {run_dir}: not a run directory (no config.yaml)")
+    for key, _ in map(parse_override, overrides):
+        if not key.startswith("eval."):
+            raise ConfigError(
+                f"--config.{key}: evaluate.py accepts only eval.* overrides; the rest of the "
+                "config is the run's own config.yaml"
+            )
+    return load_saved_config(run_dir / "config.yaml", overrides)
+
+
+# --- Restore.
+
+
+def abstract_train_state(cfg: Any, image_shape: Sequence[int], total_steps: int) -> tuple:
+    """(graphdef, TrainState of ShapeDtypeStructs) that cfg builds, without allocating arrays."""
+    model = nnx.eval_shape(lambda: build_model(cfg.model, image_shape, nnx.Rngs(0)))
+    graphdef, params = split_model(model)
+    tx, _ = build_optimizer(cfg.optimizer, cfg.training.lr, total_steps)
+    return graphdef, jax.eval_shape(lambda p: init_state(p, tx), params)
+
+
+def restore_state(
+    run_dir: Path, name: str, abstract: TrainState, sharding: jax.sharding.Sharding
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restores the latest step of model_best/model_last onto abstract with sharding.
+
+    The target's sharding, not the saved one, decides placement, so a run saved from any
+    number of devices restores on the current ones.
+    """
+    directory = run_dir / CHECKPOINTS[name]
+    if not directory.is_dir():
+        raise RunDirError(f"--checkpoint={name}: no folder {directory}")
+    with checkpoint.open_manager(directory) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise RunDirError(f"--checkpoint={name}: no complete checkpoint in {directory}")
+        checkpoint.check_matches(manager, step, abstract)
+        return checkpoint.restore(manager, checkpoint.abstract_like(abstract, sharding), step)
+
+
+# --- Estimators.
+
+
+def make_posterior_step(
+    graphdef: nnx.GraphDef,
+    *,
+    latent_dim: int,
+    likelihood: str,
+    dynamic_binarize: bool,
+    iwae_samples: int,
+    iwae_chunk: int,
+) -> Callable[..., dict[str, jax.Array]]:
+    """step(params, batch, elbo_key, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
+
+    The batch is binarized with elbo_key exactly as the ELBO step does, so all metrics see the
+    same x.
+    """
+
+    @jax.jit
+    def step(params: Any, batch: jax.Array, elbo_key: jax.Array, iwae_key: jax.Array) -> dict:
+        x, _ = draw_noise(elbo_key, batch, latent_dim, dynamic_binarize)
+        model = nnx.merge(graphdef, params)
+        mean, logvar = model.encode(x)
+        log_px = iwae_log_likelihood(model, x, iwae_key, likelihood, iwae_samples, iwae_chunk)
+        return {"log_px": log_px, "mean": mean, "logvar": logvar}
+
+    return step
+
+
+def posterior_pass(
+    step: Callable[..., dict[str, jax.Array]],
+    params: Any,
+    x: np.ndarray,
+    batch_size: int,
+    keys: dict[str, jax.Array],
+) -> dict[str, np.ndarray]:
+    """Runs step over x in the ELBO's batch order; returns per-example arrays (padding dropped)."""
+    batches, masks = padded_batches(x, batch_size)
+    outs = [
+        jax.device_get(
+            step(
+                params,
+                batch,
+                jax.random.fold_in(keys["elbo"], i),
+                jax.random.fold_in(keys["iwae"], i),
+            )
+        )
+        for i, batch in enumerate(batches)
+    ]
+    keep = masks.reshape(-1) > 0
+    return {k: np.concatenate([np.asarray(o[k]) for o in outs])[keep] for k in outs[0]}
+
+
+def compute_metrics(
+    cfg: Any, graphdef: nnx.GraphDef, params: Any, x: np.ndarray, keys: dict[str, jax.Array]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """All metrics of one split (nats per example unless named otherwise) and the posteriors."""
+    ecfg = cfg.eval
+    step_args = {
+        "latent_dim": cfg.model.latent_dim,
+        "likelihood": cfg.model.likelihood,
+        "dynamic_binarize": cfg.data.binarize == "dynamic",
+    }
+    # The training run's own validation function: same key, batch size and batch order.
+    base = evaluate_split(
+        make_eval_step(graphdef, **step_args),
+        params,
+        x,
+        ecfg.batch_size,
+        keys["elbo"],
+        ecfg.active_threshold,
+    )
+    step = make_posterior_step(
+        graphdef, **step_args, iwae_samples=ecfg.iwae_samples, iwae_chunk=ecfg.iwae_chunk
+    )
+    post = posterior_pass(step, params, x, ecfg.batch_size, keys)
+    mi = mutual_information(
+        keys["mi"],
+        jnp.asarray(post["mean"]),
+        jnp.asarray(post["logvar"]),
+        ecfg.mi_samples,
+        ecfg.batch_size,
+    )
+    nll = -float(np.mean(post["log_px"].astype(np.float64)))
+    dims = math.prod(x.shape[1:])
+    bits = dims * math.log(2.0)
+    metrics = {
+        **base,
+        "iwae_nll": nll,
+        "iwae_samples": ecfg.iwae_samples,
+        "mutual_info": float(mi),
+        "mi_samples": ecfg.mi_samples,
+        "bits_per_dim": nll / bits,
+        "elbo_bits_per_dim": -base["elbo"] / bits,
+        "data_dims": dims,
+        "active_threshold": ecfg.active_threshold,
+        "posterior_mean_var": np.var(post["mean"].astype(np.float64), axis=0).tolist(),
+    }
+    return metrics, post
+
+
+# --- Figures.
+
+
+def figure_arrays(
+    cfg: Any,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    x: np.ndarray,
+    post: dict[str, np.ndarray],
+    kl_per_dim: Sequence[float],
+    key: jax.Array,
+) -> dict[str, np.ndarray]:
+    """Decoder means E[x|z] for reconstructions (z = posterior mean), prior samples and traversals.
+
+    Traversal: start from the posterior mean of the first example and set z_d to
+    linspace(-range, range, steps) for the dimensions with the largest KL.
+    """
+    ecfg = cfg.eval
+    likelihood = cfg.model.likelihood
+
+    @jax.jit
+    def decode(z: jax.Array) -> jax.Array:
+        return decoder_mean(likelihood, nnx.merge(graphdef, params).decode(z))
+
+    n = min(ecfg.figure_images, len(x))
+    latent_dim = post["mean"].shape[1]
+    dims = np.argsort(-np.asarray(kl_per_dim), kind="stable")[: ecfg.traversal_dims]
+    values = np.linspace(-ecfg.traversal_range, ecfg.traversal_range, ecfg.traversal_steps)
+    grid = np.repeat(post["mean"][:1], len(dims) * len(values), axis=0).reshape(
+        len(dims), len(values), latent_dim
+    )
+    for row, d in enumerate(dims):
+        grid[row, :, d] = values
+    prior_z = jax.random.normal(key, (ecfg.figure_images, latent_dim))
+    return {
+        "inputs": x[:n],
+        "reconstructions": np.asarray(decode(jnp.asarray(post["mean"][:n]))),
+        "prior_samples": np.asarray(decode(prior_z)),
+        "traversals": np.asarray(decode(jnp.asarray(grid.reshape(-1, latent_dim)))).reshape(
+            len(dims), len(values), *x.shape[1:]
+        ),
+        "traversal_dims": dims,
+        "traversal_values": values,
+    }
+
+
+def draw_figures(
+    folder: Path,
+    prefix: str,
+    arrays: dict[str, np.ndarray],
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]] | None,
+) -> list[Path]:
+    """Writes the PNGs; returns their paths."""
+    out = {
+        "reconstructions": figures.reconstructions(arrays["inputs"], arrays["reconstructions"]),
+        "prior_samples": figures.image_grid(arrays["prior_samples"], "samples from the prior"),
+        "traversals": figures.traversals(
+            arrays["traversals"], arrays["traversal_dims"], arrays["traversal_values"]
+        ),
+        "kl_per_dim": figures.kl_per_dim(
+            metrics["kl_per_dim"], metrics["posterior_mean_var"], metrics["active_threshold"]
+        ),
+    }
+    paths = []
+    for name, fig in out.items():
+        paths.append(folder / f"{prefix}_{name}.png")
+        figures.save(fig, paths[-1])
+    if history:
+        paths.append(folder / "curves.png")
+        figures.save(figures.curves(history), paths[-1])
+    return paths
+
+
+# --- Record.
+
+
+def evaluate_run(
+    run_dir: Path, checkpoint_name: str, split: str, overrides: Sequence[str]
+) -> tuple[dict[str, Any], list[Path]]:
+    """Evaluates run_dir's model_<checkpoint_name> on split; writes eval/<ckpt>_<split>.json and
+    the figures under <workdir>/figures/<run_id>/. Returns (record, written paths)."""
+    tic = time.perf_counter()
+    cfg = load_run_config(run_dir, overrides)
+    if cfg.eval.figures and cfg.model.likelihood not in LIKELIHOOD_MEANS:
+        raise ConfigError(
+            f"model.likelihood {cfg.model.likelihood!r} has no mean image for the figures; "
+            "pass --config.eval.figures=false"
+        )
+    keys = derive_eval_keys(cfg.training.seed)
+    splits = load_splits(cfg.data)
+    x = getattr(splits, split)
+    total_steps = cfg.training.epochs * steps_per_epoch(len(splits.train), cfg.training.batch_size)
+    graphdef, abstract = abstract_train_state(cfg, splits.train.shape[1:], total_steps)
+    # One device: evaluation is a short loop, and a replicated state would repeat every
+    # computation on each device (on a multi-device CPU host they share the same cores).
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    state, meta = restore_state(run_dir, checkpoint_name, abstract, sharding)
+
+    metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys)
+    arrays = None
+    if cfg.eval.figures:
+        arrays = figure_arrays(
+            cfg, graphdef, state.params, x, post, metrics["kl_per_dim"], keys["figures"]
+        )
+    record = {
+        "run_id": run_dir.name,
+        "checkpoint": checkpoint_name,
+        "step": int(state.step),
+        "split": split,
+        "config_hash": config_hash(cfg),
+        **metrics,
+        "eval_config": {k: v for k, v in cfg.eval.items()},
+    }
+    if checkpoint_name == "best" and "val" in meta:
+        record["logged_val_elbo"] = meta["val"]["elbo"]
+    record["seconds"] = time.perf_counter() - tic
+
+    written = [run_dir / "eval" / f"{checkpoint_name}_{split}.json"]
+    atomic_write_json(written[0], record)
+    if arrays is not None:
+        folder = run_dir.parent.parent / "figures" / run_dir.name
+        metrics_path = run_dir / "metrics.json"
+        history = read_json(metrics_path)["history"] if metrics_path.is_file() else None
+        written += draw_figures(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
+    return record, written
