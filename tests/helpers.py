@@ -43,9 +43,11 @@ def script_env() -> dict[str, str]:
     return {**os.environ, "PYTHONHASHSEED": "0"}
 
 
-def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs scripts/<script> in a fresh interpreter, as a user would."""
-    env = script_env()
+def run_script(
+    script: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs scripts/<script> in a fresh interpreter, as a user would (env: extra variables)."""
+    env = {**script_env(), **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
         capture_output=True,

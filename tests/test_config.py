@@ -118,3 +118,12 @@ def test_saved_config_takes_resume_overrides(tmp_path: Path):
     save_config(cfg, tmp_path / "config.yaml")
     resumed = load_saved_config(tmp_path / "config.yaml", ["training.epochs=5"])
     assert resumed.training.epochs == 5 and resumed.training.lr == cfg.training.lr
+
+
+def test_saved_config_takes_eval_overrides(tmp_path: Path):
+    cfg = load_config(BASELINE)
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_saved_config(tmp_path / "config.yaml", ["eval.iwae_samples=7"])
+    assert again.eval.iwae_samples == 7 and again.model == cfg.model
+    with pytest.raises(ConfigError, match="eval.iwae_chunk must be > 0"):
+        load_saved_config(tmp_path / "config.yaml", ["eval.iwae_chunk=0"])

@@ -7,6 +7,7 @@ comes from the key passed in.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -123,6 +124,7 @@ def iwae_log_likelihood(
     return chunked_log_mean_exp(log_weights, num_samples, chunk)
 
 
+@functools.partial(jax.jit, static_argnames=("samples_per_example", "row_chunk"))
 def mutual_information(
     key: jax.Array, means: jax.Array, logvars: jax.Array, samples_per_example: int, row_chunk: int
 ) -> jax.Array:

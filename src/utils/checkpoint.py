@@ -210,13 +210,14 @@ def check_matches(manager: ocp.CheckpointManager, step: int, abstract_state: Any
     saved = _leaf_specs(manager.item_metadata(step)["state"])
     expected = _leaf_specs(abstract_state)
     where = f"{manager.directory}/{step}"
-    for leaf in sorted(saved.keys() | expected.keys()):
+    # The state's own order (step, params, opt_state): a model change is reported on params.
+    for leaf in [*expected, *sorted(saved.keys() - expected.keys())]:
         if leaf not in expected:
             raise RunDirError(
                 f"{where}: holds {leaf}, which the model in config.yaml does not have"
             )
         if leaf not in saved:
-            raise RunDirError(f"{where}: has no {leaf}, which the model in config.yaml needs")
+            raise RunDirError(f"{where}: has no {leaf}, which the state built from config.yaml has")
         if saved[leaf] != expected[leaf]:
             (s_shape, s_dtype), (e_shape, e_dtype) = saved[leaf], expected[leaf]
             raise RunDirError(
