@@ -22,6 +22,7 @@ from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
+from src.training.loop import derive_keys
 from src.training.losses import LIKELIHOOD_MEANS, decoder_mean
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
@@ -40,8 +41,6 @@ ESTIMATOR_STREAM = 4
 
 def derive_eval_keys(seed: int) -> dict[str, jax.Array]:
     """elbo: the training run's eval key (same numbers as its validation); iwae, mi, figures."""
-    from src.training.loop import derive_keys
-
     root = jax.random.fold_in(jax.random.key(seed), ESTIMATOR_STREAM)
     return {
         "elbo": derive_keys(seed)["eval"],
@@ -72,7 +71,9 @@ def load_run_config(run_dir: Path, overrides: Sequence[str]) -> Any:
 # --- Restore.
 
 
-def abstract_train_state(cfg: Any, image_shape: Sequence[int], total_steps: int) -> tuple:
+def abstract_train_state(
+    cfg: Any, image_shape: Sequence[int], total_steps: int
+) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState of ShapeDtypeStructs) that cfg builds, without allocating arrays."""
     model = nnx.eval_shape(lambda: build_model(cfg.model, image_shape, nnx.Rngs(0)))
     graphdef, params = split_model(model)
@@ -284,6 +285,7 @@ def evaluate_run(
     the figures under <workdir>/figures/<run_id>/. Returns (record, written paths)."""
     tic = time.perf_counter()
     cfg = load_run_config(run_dir, overrides)
+    run_dir = run_dir.resolve()  # its name is the run id, its grandparent the workdir
     if cfg.eval.figures and cfg.model.likelihood not in LIKELIHOOD_MEANS:
         raise ConfigError(
             f"model.likelihood {cfg.model.likelihood!r} has no mean image for the figures; "
