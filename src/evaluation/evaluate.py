@@ -29,7 +29,7 @@ from src.training.state import TrainState, init_state, split_model
 from src.training.step import draw_noise, make_eval_step
 from src.utils import checkpoint
 from src.utils.config import config_hash, load_saved_config, parse_override
-from src.utils.errors import ConfigError, RunDirError
+from src.utils.errors import ConfigError, RunDirError, StorageError
 from src.utils.io import atomic_write_json, read_json
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
@@ -321,10 +321,13 @@ def evaluate_run(
     record["seconds"] = time.perf_counter() - tic
 
     written = [run_dir / "eval" / f"{checkpoint_name}_{split}.json"]
-    atomic_write_json(written[0], record)
-    if arrays is not None:
-        folder = run_dir.parent.parent / "figures" / run_dir.name
-        metrics_path = run_dir / "metrics.json"
-        history = read_json(metrics_path)["history"] if metrics_path.is_file() else None
-        written += draw_figures(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
+    try:
+        atomic_write_json(written[0], record)
+        if arrays is not None:
+            folder = run_dir.parent.parent / "figures" / run_dir.name
+            metrics_path = run_dir / "metrics.json"
+            history = read_json(metrics_path)["history"] if metrics_path.is_file() else None
+            written += draw_figures(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
+    except OSError as e:  # read-only or full disk: one line, exit status 4
+        raise StorageError(f"cannot write the evaluation of {run_dir}: {e}") from e
     return record, written

@@ -177,7 +177,8 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 
 def open_manager(directory: Path) -> ocp.CheckpointManager:
     """A manager for reading an existing folder: creates, deletes and cleans up nothing, so a save
-    in progress by a training process is left alone (and, unlike read_only=True, it logs nothing)."""
+    in progress by a training process is left alone (and, unlike read_only=True, it logs nothing).
+    """
     return ocp.CheckpointManager(
         directory.absolute(),
         options=ocp.CheckpointManagerOptions(create=False),
