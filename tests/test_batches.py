@@ -5,13 +5,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from src.data.batches import DeviceBatches, StreamedBatches, fits_on_device, make_batches
 from src.data.pipeline import epoch_permutation, take_batch
-from src.training.step import make_mesh
 from src.utils.config import load_config
+from src.utils.parallel import make_mesh, split_on_devices
 from tests.helpers import BASELINE
 
 N, B = 50, 8
@@ -21,7 +19,7 @@ PER_EPOCH = N // B  # 6 full batches; 2 examples dropped per epoch
 @pytest.fixture
 def setup():
     x = np.random.default_rng(0).uniform(size=(N, 3, 3, 1)).astype(np.float32)
-    sharding = NamedSharding(make_mesh(jax.devices()), P())
+    sharding = split_on_devices(make_mesh(jax.devices()))
     return x, jax.random.key(7), sharding
 
 

@@ -6,9 +6,13 @@ run produces the same batches, in the same order, whichever is used (and a resum
 replays them).
 
 - DeviceBatches: train_x is copied to the devices once; each step gathers its batch there
-  (no host-to-device copy per step).
+  (no host-to-device copy per step), each device only its own rows.
 - StreamedBatches: for data that does not fit. A background thread gathers the next
-  `prefetch` batches on the host and copies them to the devices while the current step runs.
+  `prefetch` batches on the host and copies them to the devices while the current step runs;
+  in a multi-host run each host gathers and copies only its own rows.
+
+`sharding` is the layout of a batch (split over the mesh on its leading axis); the resident
+split is replicated over the same mesh.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import epoch_permutation, take_batch
 
@@ -34,10 +40,12 @@ class DeviceBatches:
         data_key: jax.Array,
         batch_size: int,
         steps_per_epoch: int,
-        sharding: jax.sharding.Sharding,
+        sharding: NamedSharding,
     ):
-        self.x = jax.device_put(x, sharding)
+        self.x = jax.device_put(x, NamedSharding(sharding.mesh, P()))
         self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
+        # Compiled with the batch layout as output: every device gathers only its own rows.
+        self.take = jax.jit(take_batch, static_argnames="batch_size", out_shardings=sharding)
         self.perm: jax.Array | None = None
         self.perm_epoch = -1
 
@@ -48,8 +56,8 @@ class DeviceBatches:
             self.perm_epoch = epoch
         assert self.perm is not None
         # The only per-step copy is this explicit 4-byte offset; images never leave the device.
-        start = jax.device_put(np.int32(position * self.batch_size))
-        return take_batch(self.x, self.perm, start, self.batch_size)
+        start = jax.device_put(np.int32(position * self.batch_size), self.x.sharding)
+        return self.take(self.x, self.perm, start, self.batch_size)
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""
@@ -70,10 +78,12 @@ class StreamedBatches:
         data_key: jax.Array,
         batch_size: int,
         steps_per_epoch: int,
-        sharding: jax.sharding.Sharding,
+        sharding: NamedSharding,
         prefetch: int,
     ):
         self.x, self.sharding, self.prefetch = x, sharding, prefetch
+        self.rows = process_rows(sharding, batch_size)
+        self.batch_shape = (batch_size, *x.shape[1:])
         self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
         self.next_step: int | None = None
         self.thread: threading.Thread | None = None
@@ -108,7 +118,9 @@ class StreamedBatches:
                     perm = np.asarray(epoch_permutation(self.data_key, epoch, len(self.x)))
                     perm_epoch = epoch
                 idx = perm[position * self.batch_size : (position + 1) * self.batch_size]
-                item: Any = jax.device_put(self.x[idx], self.sharding)
+                item: Any = jax.make_array_from_process_local_data(
+                    self.sharding, self.x[idx[self.rows]], self.batch_shape
+                )
             except BaseException as e:  # handed to the consumer, which raises it
                 item = e
             while not stop.is_set():
@@ -130,6 +142,14 @@ class StreamedBatches:
         self.next_step = None
 
 
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
+    """The rows of a [batch_size, ...] batch laid out by `sharding` that this process's devices
+    hold: all of them in a single-process run, one contiguous block per host otherwise."""
+    index = sharding.devices_indices_map((batch_size,))
+    blocks = [index[d][0].indices(batch_size)[:2] for d in sharding.addressable_devices]
+    return slice(min(b[0] for b in blocks), max(b[1] for b in blocks))
+
+
 def fits_on_device(nbytes: int, devices: Any, fraction: float) -> bool:
     """Whether nbytes take at most `fraction` of every device's memory.
 
@@ -148,12 +168,14 @@ def make_batches(
     data_key: jax.Array,
     batch_size: int,
     steps_per_epoch: int,
-    sharding: jax.sharding.Sharding,
+    sharding: NamedSharding,
     cfg: Any,
 ) -> DeviceBatches | StreamedBatches:
     """The provider chosen by data.on_device (auto: on the device when it fits)."""
     if cfg.on_device == "auto":
-        on_device = fits_on_device(x.nbytes, sharding.device_set, cfg.device_memory_fraction)
+        on_device = fits_on_device(
+            x.nbytes, sharding.addressable_devices, cfg.device_memory_fraction
+        )
     else:
         on_device = cfg.on_device == "true"
     if on_device:

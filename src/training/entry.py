@@ -12,8 +12,17 @@ from src.utils.config import changed_keys, load_config, load_saved_config
 from src.utils.errors import ConfigError
 from src.utils.rundir import RunPaths, default_run_id, prepare, run_paths
 
-# Keys that may differ when resuming: they change how long the run is, not what it computes.
-RESUMABLE_OVERRIDES = {"training.epochs"}
+# Keys that may differ when resuming: they change how long the run is or where it runs (the
+# checkpoint does not depend on the device count), not what it computes.
+RESUMABLE_OVERRIDES = {
+    "training.epochs",
+    "parallel.backend",
+    "parallel.num_devices",
+    "parallel.distributed",
+    "parallel.coordinator_address",
+    "parallel.num_processes",
+    "parallel.process_id",
+}
 
 
 def parse_args(argv: Sequence[str]):

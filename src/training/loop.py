@@ -11,8 +11,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
@@ -21,30 +19,24 @@ from src.models.registry import build_model
 from src.training import interval as accum
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_bytes, param_count, split_model
-from src.training.step import make_eval_step, make_mesh, make_train_step
+from src.training.step import make_eval_step, make_train_step
 from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
 from src.utils.errors import ConfigError
 from src.utils.io import atomic_write_json, read_json
+from src.utils.parallel import (
+    from_backend,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    select_devices,
+    split_on_devices,
+    to_backend,
+)
 from src.utils.recorder import Recorder, is_better
 from src.utils.reproducibility import seed_host_rngs
 from src.utils.rundir import RunPaths
 from src.utils.signals import StopRequest
-
-
-def select_devices(num_devices: int, batch_size: int) -> list[Any]:
-    """The first num_devices devices (0 = all); the global batch must split evenly over them."""
-    available = jax.devices()
-    if num_devices > len(available):
-        raise ConfigError(
-            f"parallel.num_devices={num_devices} but only {len(available)} devices are available"
-        )
-    devices = available[:num_devices] if num_devices else available
-    if batch_size % len(devices):
-        raise ConfigError(
-            f"training.batch_size={batch_size} does not divide evenly over {len(devices)} devices"
-        )
-    return devices
 
 
 def derive_keys(seed: int) -> dict[str, jax.Array]:
@@ -56,6 +48,7 @@ def derive_keys(seed: int) -> dict[str, jax.Array]:
 def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any]:
     """Trains cfg's model, validating and checkpointing as configured; returns metrics.json."""
     tcfg = cfg.training
+    initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
     writer = jax.process_index() == 0
 
     # --- Keys: init / data order / train-step noise / eval noise.
@@ -69,18 +62,19 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     per_epoch = steps_per_epoch(len(splits.train), batch_size)
     total_steps = tcfg.epochs * per_epoch
 
-    # --- Devices.
-    devices = select_devices(cfg.parallel.num_devices, batch_size)
-    mesh = make_mesh(devices)
-    replicated = NamedSharding(mesh, P())
-    batches = make_batches(splits.train, keys["data"], batch_size, per_epoch, replicated, cfg.data)
+    # --- Devices: every host holds the data and feeds only its rows of each global batch.
+    backend = cfg.parallel.backend
+    mesh = make_mesh(select_devices(cfg.parallel.num_devices, batch_size))
+    batches = make_batches(
+        splits.train, keys["data"], batch_size, per_epoch, split_on_devices(mesh), cfg.data
+    )
 
     # --- Model and optimizer: NNX once, pure pytrees from here on.
     model = build_model(cfg.model, image_shape, nnx.Rngs(params=keys["init"]))
     graphdef, params = split_model(model)
     del model
     tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, total_steps)
-    state = jax.device_put(init_state(params, tx), replicated)
+    state = jax.device_put(init_state(params, tx), replicated(mesh))  # canonical layout
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
     last_manager = checkpoint.make_manager(paths.last, cfg.checkpoint.keep_last)
@@ -88,11 +82,11 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     interval, best_meta = accum.EMPTY, None
     if resume:
         restored = checkpoint.restore_newest(
-            last_manager, checkpoint.abstract_like(state, replicated)
+            last_manager, checkpoint.abstract_like(state, replicated(mesh))
         )
         if restored is not None:
             state, meta = restored
-            interval = accum.from_json(meta.get("train_interval"), replicated)
+            interval = accum.from_json(meta.get("train_interval"), replicated(mesh))
         if int(state.step) > total_steps:
             raise ConfigError(
                 f"training.epochs={tcfg.epochs} plans {total_steps} steps but run "
@@ -153,6 +147,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         tx,
         schedule,
         mesh,
+        backend=backend,
         beta=tcfg.kl.beta,
         nan_policy=tcfg.nan_policy,
         **step_args,
@@ -161,9 +156,10 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
 
     def validate(step: int) -> None:
         nonlocal best
+        canonical = from_backend(state, mesh, backend)
         metrics = evaluate_split(
             eval_step,
-            state.params,
+            canonical.params,
             splits.val,
             cfg.eval.batch_size,
             keys["eval"],
@@ -176,19 +172,20 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             recorder.set_best(step, cfg.checkpoint.best_metric, value)
             if step in best_manager.all_steps():  # left by a run that died ahead of its model_last
                 best_manager.delete(step)
-            checkpoint.save(best_manager, step, state, {"step": step, "val": metrics})
+            checkpoint.save(best_manager, step, canonical, {"step": step, "val": metrics})
 
     def save_last(step: int) -> None:
         """model_last at step with the open logging interval, unless that step is saved already."""
         if last_manager.latest_step() != step:
             meta = {"step": step, "train_interval": accum.to_json(interval, elapsed())}
-            checkpoint.save(last_manager, step, state, meta)
+            checkpoint.save(last_manager, step, from_backend(state, mesh, backend), meta)
 
     def elapsed() -> float:
         return interval.seconds + time.perf_counter() - tic
 
     # --- Loop.
     step = int(state.step)
+    state = to_backend(state, mesh, backend)
     recorder.update(status="running")
     started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
     tic = time.perf_counter()

@@ -1,14 +1,20 @@
 """The pure, jit-compiled train and eval steps.
 
-train_step(state, batch, key) -> (state, metrics). The per-device body averages gradients and
-metrics with lax.pmean over the mesh axis "data"; jax.shard_map maps it over the devices with
-the state replicated and the batch split on its leading axis. All noise (reparameterization,
-dynamic binarization) is drawn for the *global* batch before the split, so the numbers do not
-depend on how many devices share the batch.
+train_step(state, batch, key) -> (state, metrics). One per-device body averages gradients and
+metrics with lax.pmean over the mesh axis "data"; `backend` picks how it is mapped:
+
+- shard_map: jax.shard_map over the mesh, state replicated, batch split on its leading axis.
+- pmap: jax.pmap over the mesh's devices, state stacked [devices, ...] (see
+  src/utils/parallel.py:to_backend), batch reshaped to [devices, batch / devices, ...].
+
+All noise (reparameterization, dynamic binarization) is drawn for the *global* batch before the
+split, so the numbers do not depend on how many devices share the batch (up to the order of the
+floating-point sums in pmean).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,16 +28,9 @@ from jax.sharding import PartitionSpec as P
 from src.data.pipeline import binarize
 from src.training.losses import vae_terms
 from src.training.state import TrainState
+from src.utils.parallel import AXIS, split_on_devices
 
-AXIS = "data"
 StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
-
-
-def make_mesh(devices: list[Any]) -> Mesh:
-    """A 1-D mesh named "data" over the given devices."""
-    return jax.make_mesh(
-        (len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
 
 
 def draw_noise(
@@ -78,13 +77,16 @@ def make_train_step(
     schedule: optax.Schedule,
     mesh: Mesh,
     *,
+    backend: str,
     latent_dim: int,
     likelihood: str,
     beta: float,
     dynamic_binarize: bool,
     nan_policy: str,
 ) -> StepFn:
-    """Builds the jitted step; the state argument is donated.
+    """Builds the compiled step for `backend` (shard_map | pmap); the state is donated.
+
+    batch: [global_batch, ...] split over the mesh on its leading axis; key: the step's key.
 
     A step whose loss or gradient norm is not finite is dropped (see guard_nonfinite) and
     flagged with metrics["nonfinite"] = 1.
@@ -114,6 +116,27 @@ def make_train_step(
         return guard_nonfinite(
             state, TrainState(state.step + 1, params, opt_state), metrics, nan_policy
         )
+
+    if backend == "pmap":
+        n = mesh.size
+        # out_axes None: metrics are identical on every device after pmean, return one copy.
+        mapped = jax.pmap(
+            body,
+            axis_name=AXIS,
+            devices=list(mesh.devices.flat),
+            out_axes=(0, None),
+            donate_argnums=0,
+        )
+
+        @functools.partial(jax.jit, out_shardings=split_on_devices(mesh))
+        def per_device_inputs(batch: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+            x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize)
+            return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
+
+        def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
+            return mapped(state, *per_device_inputs(batch, key))
+
+        return pmap_step
 
     sharded_body = jax.shard_map(
         body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P())

@@ -30,12 +30,17 @@ def make_manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
 
     For the training process only: a reader opening a folder that is being written would
     delete the writer's save in progress (readers use CheckpointManagerOptions(read_only=True)).
+    Multi-host saves meet at barriers named after the step; the folder name prefixes them so
+    model_last and model_best can save the same step at once.
     """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
         cleanup_tmp_directories=True,
         enable_async_checkpointing=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=directory.name
+        ),
     )
     try:
         return ocp.CheckpointManager(directory.absolute(), options=options)

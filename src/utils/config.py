@@ -58,6 +58,7 @@ NON_NEGATIVE = {
     "eval.active_threshold",
     "parallel.num_devices",
     "data.synthetic.noise_std",
+    "parallel.num_processes",
 }
 PROBABILITY = {
     "data.val_fraction",
@@ -78,9 +79,10 @@ CHOICES = {
     "checkpoint.best_mode": ("max", "min"),
     "parallel.backend": ("shard_map", "pmap"),
     "training.nan_policy": ("stop", "skip"),
+    "parallel.distributed": ("auto", "true", "false"),
 }
 # String keys that also accept a YAML bool, stored as "true" / "false" (e.g. on_device: auto|true|false).
-BOOL_AS_STR = {"data.on_device"}
+BOOL_AS_STR = {"data.on_device", "parallel.distributed"}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -217,6 +219,10 @@ def check_values(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
     if any(h <= 0 for h in cfg["model"]["hidden_dims"]):
         raise ConfigError(f"model.hidden_dims must be positive, got {cfg['model']['hidden_dims']}")
+    if cfg["parallel"]["process_id"] < -1:
+        raise ConfigError(
+            f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"
+        )
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
