@@ -107,7 +107,12 @@ def make_train_step(
         }
 
     def body(state: TrainState, x: jax.Array, eps: jax.Array) -> tuple[TrainState, dict]:
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, x, eps)
+        # Differentiate w.r.t. a per-device ("varying") copy of the replicated params: under
+        # shard_map the gradient of a replicated input comes back already psum-ed over the
+        # devices (the transpose of the implicit broadcast), which the pmean below would turn
+        # into devices x the mean gradient. Under pmap the cast changes nothing.
+        local_params = jax.lax.pcast(state.params, AXIS, to="varying")
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, x, eps)
         grads, metrics = jax.lax.pmean((grads, metrics), AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,246 @@
+"""Data parallelism: the same numbers on 1 and 4 devices, with shard_map and pmap, in one process
+and across two processes; checkpoints that move between device counts; batch-size errors.
+
+JAX is already initialized with one CPU device in the pytest process, so multi-device runs happen
+in subprocesses with XLA_FLAGS=--xla_force_host_platform_device_count=N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from src.models.registry import build_model
+from src.training.optim import build_optimizer
+from src.training.state import init_state, split_model
+from src.utils import checkpoint
+from src.utils.config import load_config, load_saved_config
+from src.utils.errors import ConfigError
+from src.utils.parallel import initialize_distributed
+from tests.helpers import BASELINE, REPO
+
+RTOL = 1e-5  # float reassociation of the cross-device mean only
+STEPS = 22  # 1437 training examples // 64 per batch: one epoch
+SMALL = [
+    "training.epochs=1",
+    "training.batch_size=64",
+    "model.hidden_dims=[32]",
+    "model.latent_dim=4",
+    "logging.every_steps=1",
+    "logging.console=false",
+    "logging.tensorboard=false",
+    "eval.every_steps=11",
+    "checkpoint.every_steps=11",
+]
+
+
+def env_with_devices(n: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+    }
+
+
+def fresh(run_id: str, workdir: Path, *extra: str) -> list[str]:
+    overrides = [f"--config.{o}" for o in [*SMALL, *extra]]
+    return [f"--config={BASELINE}", f"--workdir={workdir}", f"--run_id={run_id}", *overrides]
+
+
+def resume(run_id: str, workdir: Path, *extra: str) -> list[str]:
+    return [f"--workdir={workdir}", f"--run_id={run_id}", "--resume"] + [
+        f"--config.{o}" for o in extra
+    ]
+
+
+def run_many(runs: list[list[str]], devices: int, timeout: float = 400) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.run_many", json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env_with_devices(devices),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def history(workdir: Path, run_id: str, split: str, key: str) -> np.ndarray:
+    record = json.loads((workdir / "checkpoints" / run_id / "metrics.json").read_text())
+    return np.array([r[key] for r in record["history"] if r["split"] == split])
+
+
+def final_state_on_one_device(run_dir: Path) -> dict:
+    """model_last restored onto this process's single device, whatever wrote it."""
+    cfg = load_saved_config(run_dir / "config.yaml")
+    model = build_model(cfg.model, (8, 8, 1), nnx.Rngs(params=jax.random.key(0)))
+    tx, _ = build_optimizer(cfg.optimizer, cfg.training.lr, 1)
+    shapes = init_state(split_model(model)[1], tx)
+    target = checkpoint.abstract_like(shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    with checkpoint.make_manager(run_dir / "model_last", 1) as manager:
+        state, _ = checkpoint.restore(manager, target)
+    return jax.tree.map(np.asarray, state._asdict())
+
+
+def assert_close_trees(a: dict, b: dict) -> float:
+    """Asserts every leaf agrees to RTOL (atol for entries near zero); returns the max |a-b|."""
+    worst = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=RTOL, atol=1e-6)
+        worst = max(worst, float(np.max(np.abs(np.asarray(x, float) - np.asarray(y, float)))))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Every single-process run, in one 4-device interpreter (one JAX start-up)."""
+    w = tmp_path_factory.mktemp("parallel")
+    run_many(
+        [
+            fresh("shard4", w),
+            fresh("pmap4", w, "parallel.backend=pmap"),
+            fresh("one", w, "parallel.num_devices=1"),
+            fresh("one_long", w, "parallel.num_devices=1", "training.epochs=2"),
+        ],
+        devices=4,
+    )
+    # Resume each 1-epoch run for a second epoch on the other device count (copies, so the
+    # 1-epoch records stay for the other tests).
+    for src, dst in (("shard4", "shard4_then_one"), ("one", "one_then_pmap4")):
+        shutil.copytree(w / "checkpoints" / src, w / "checkpoints" / dst)
+    run_many(
+        [
+            resume("shard4_then_one", w, "training.epochs=2", "parallel.num_devices=1"),
+            resume("one_then_pmap4", w, "training.epochs=2", "parallel.num_devices=0")
+            + ["--config.parallel.backend=pmap"],
+        ],
+        devices=4,
+    )
+    return w
+
+
+@pytest.mark.parametrize("other", ["pmap4", "one"])
+def test_same_losses_and_params_on_any_device_count_and_backend(runs, other):
+    for split, key in (("train", "loss"), ("train", "grad_norm"), ("val", "elbo")):
+        a, b = history(runs, "shard4", split, key), history(runs, other, split, key)
+        assert len(a) == (STEPS if split == "train" else 2)  # val at steps 11, 22
+        np.testing.assert_allclose(b, a, rtol=RTOL)
+    reference = final_state_on_one_device(runs / "checkpoints" / "shard4")
+    assert int(reference["step"]) == STEPS
+    assert_close_trees(final_state_on_one_device(runs / "checkpoints" / other), reference)
+
+
+@pytest.mark.parametrize("resumed", ["shard4_then_one", "one_then_pmap4"])
+def test_resume_on_another_device_count_continues_the_run(runs, resumed):
+    """A 4-device checkpoint resumed on 1 device (and the reverse) matches an uninterrupted run."""
+    ref = history(runs, "one_long", "train", "loss")
+    got = history(runs, resumed, "train", "loss")
+    assert len(ref) == len(got) == 2 * STEPS
+    np.testing.assert_allclose(got, ref, rtol=RTOL)
+    assert_close_trees(
+        final_state_on_one_device(runs / "checkpoints" / resumed),
+        final_state_on_one_device(runs / "checkpoints" / "one_long"),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one_process(runs, tmp_path):
+    """2 processes x 2 CPU devices through jax.distributed (gloo collectives) = 1 x 4 devices."""
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "train.py"),
+                *fresh("multi", tmp_path),
+                "--config.parallel.distributed=true",
+                f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+                "--config.parallel.num_processes=2",
+                f"--config.parallel.process_id={i}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env=env_with_devices(2),
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    prov = json.loads((tmp_path / "checkpoints" / "multi" / "provenance.json").read_text())
+    assert prov["devices"]["process_count"] == 2 and prov["devices"]["count"] == 4
+    for split, key in (("train", "loss"), ("val", "elbo")):
+        np.testing.assert_allclose(
+            history(tmp_path, "multi", split, key), history(runs, "shard4", split, key), rtol=RTOL
+        )
+    assert_close_trees(
+        final_state_on_one_device(tmp_path / "checkpoints" / "multi"),
+        final_state_on_one_device(runs / "checkpoints" / "shard4"),
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.batch_size=30", "training.batch_size=30 does not divide evenly over 4 devices"),
+        ("parallel.num_devices=8", "parallel.num_devices=8 but only 4 devices"),
+    ],
+)
+def test_batch_or_device_count_mistakes_exit_2(tmp_path, override, message):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *fresh("bad", tmp_path, override)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env_with_devices(4),
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_distributed_accepts_yaml_booleans_and_rejects_others():
+    assert load_config(BASELINE, overrides=["parallel.distributed=true"]).parallel.distributed == (
+        "true"
+    )
+    assert load_config(BASELINE, overrides=["parallel.distributed=false"]).parallel.distributed == (
+        "false"
+    )
+    with pytest.raises(ConfigError, match="parallel.distributed: 'maybe' is not one of auto"):
+        load_config(BASELINE, overrides=["parallel.distributed=maybe"])
+    with pytest.raises(ConfigError, match="parallel.process_id"):
+        load_config(BASELINE, overrides=["parallel.process_id=-2"])
+
+
+def test_distributed_auto_stays_off_without_a_cluster(monkeypatch):
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    for name in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    for mode in ("auto", "false"):
+        cfg = load_config(BASELINE, overrides=[f"parallel.distributed={mode}"])
+        assert initialize_distributed(cfg.parallel) is False
+    assert jax.process_count() == 1
