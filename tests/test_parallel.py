@@ -161,7 +161,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one_process(runs, tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # training split resident on the devices: each device gathers its rows
+        pytest.param(  # streamed: each host gathers its rows on the host
+            ["--config.data.on_device=false", "--config.parallel.backend=pmap"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_two_processes_agree_with_one_process(runs, tmp_path, extra):
     """2 processes x 2 CPU devices through jax.distributed (gloo collectives) = 1 x 4 devices."""
     port = free_port()
     procs = [
@@ -174,6 +184,7 @@ def test_two_processes_agree_with_one_process(runs, tmp_path):
                 f"--config.parallel.coordinator_address=127.0.0.1:{port}",
                 "--config.parallel.num_processes=2",
                 f"--config.parallel.process_id={i}",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
