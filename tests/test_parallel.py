@@ -255,3 +255,17 @@ def test_distributed_auto_stays_off_without_a_cluster(monkeypatch):
         cfg = load_config(BASELINE, overrides=[f"parallel.distributed={mode}"])
         assert initialize_distributed(cfg.parallel) is False
     assert jax.process_count() == 1
+
+
+def test_distributed_auto_needs_several_processes(monkeypatch):
+    """A one-task SLURM job stays single-process; a two-task one would initialize."""
+    from src.utils.parallel import detected_process_count
+
+    slurm = {"SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "node1", "SLURM_PROCID": "0"}
+    for name, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert detected_process_count() == 1
+    cfg = load_config(BASELINE, overrides=["parallel.distributed=auto"])
+    assert initialize_distributed(cfg.parallel) is False
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert detected_process_count() == 2

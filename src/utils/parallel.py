@@ -22,17 +22,16 @@ from src.utils.errors import ConfigError
 AXIS = "data"
 
 
-def cluster_detected() -> bool:
-    """True when JAX's own cluster detection (SLURM, Open MPI, Cloud TPU, ...) finds one.
-
-    Uses the same ClusterEnv list jax.distributed.initialize() consults; opt-in methods
-    (mpi4py) only run when asked for, as in JAX.
-    """
+def detected_process_count() -> int:
+    """Processes in the cluster JAX's own detection finds (SLURM, Open MPI, Cloud TPU, ...); 1
+    if none. Uses the ClusterEnv list jax.distributed.initialize() consults; opt-in methods
+    (mpi4py) only run when asked for, as in JAX."""
     from jax._src.clusters import ClusterEnv  # no public API lists the environments
 
-    return any(
-        env.is_env_present() for env in ClusterEnv._cluster_types if not env.opt_in_only_method
-    )
+    for env in ClusterEnv._cluster_types:
+        if not env.opt_in_only_method and env.is_env_present():
+            return int(env.get_process_count())
+    return 1
 
 
 def initialize_distributed(cfg: Any) -> bool:
@@ -40,14 +39,17 @@ def initialize_distributed(cfg: Any) -> bool:
 
     Must run before anything touches the devices. distributed=auto turns it on when a
     coordinator is given (parallel.coordinator_address or JAX_COORDINATOR_ADDRESS) or JAX
-    detects a cluster environment; unset values (""/0/-1) are left to JAX to detect.
+    detects a cluster of several processes (a one-task SLURM job stays single-process, so
+    tests and notebooks run there too); unset values (""/0/-1) are left to JAX to detect.
     """
     if cfg.distributed == "false":
         return False
     if jax.distributed.is_initialized():  # e.g. by a launcher that imported us
         return True
     if cfg.distributed == "auto" and not (
-        cfg.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or cluster_detected()
+        cfg.coordinator_address
+        or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or detected_process_count() > 1
     ):
         return False
     jax.distributed.initialize(
