@@ -6,7 +6,7 @@ run produces the same batches, in the same order, whichever is used (and a resum
 replays them).
 
 - DeviceBatches: train_x is copied to the devices once; each step gathers its batch there
-  (no host-to-device copy per step), each device only its own rows.
+  (no host-to-device copy per step); each device keeps only its own rows.
 - StreamedBatches: for data that does not fit. A background thread gathers the next
   `prefetch` batches on the host and copies them to the devices while the current step runs;
   in a multi-host run each host gathers and copies only its own rows.
@@ -44,8 +44,9 @@ class DeviceBatches:
     ):
         self.x = jax.device_put(x, NamedSharding(sharding.mesh, P()))
         self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
-        # Compiled with the batch layout as output: every device gathers only its own rows.
-        self.take = jax.jit(take_batch, static_argnames="batch_size", out_shardings=sharding)
+        # Each device gathers the batch from its own replica and keeps its rows: no data
+        # crosses devices or hosts. (take_batch is looked up at call time: tests patch it.)
+        self.split = jax.jit(lambda batch: batch, out_shardings=sharding)
         self.perm: jax.Array | None = None
         self.perm_epoch = -1
 
@@ -57,7 +58,7 @@ class DeviceBatches:
         assert self.perm is not None
         # The only per-step copy is this explicit 4-byte offset; images never leave the device.
         start = jax.device_put(np.int32(position * self.batch_size), self.x.sharding)
-        return self.take(self.x, self.perm, start, self.batch_size)
+        return self.split(take_batch(self.x, self.perm, start, self.batch_size))
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""
