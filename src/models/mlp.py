@@ -51,26 +51,27 @@ class MLPEncoder(nnx.Module):
             [math.prod(image_shape), *hidden_dims, 2 * latent_dim], activation, rngs=rngs
         )
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         h = self.net(x.reshape(x.shape[0], -1))
         mean, logvar = jnp.split(h, 2, axis=-1)
         return mean, logvar
 
 
 class MLPDecoder(nnx.Module):
-    """z: [batch, latent_dim] -> likelihood parameters [batch, H, W, C] (logits for Bernoulli)."""
+    """z: [batch, latent_dim] -> likelihood parameters [batch, H, W, out_channels]."""
 
     def __init__(
         self,
         image_shape: Sequence[int],
         hidden_dims: Sequence[int],
         latent_dim: int,
+        out_channels: int,
         activation: str,
         *,
         rngs: nnx.Rngs,
     ):
-        self.image_shape = tuple(image_shape)
-        self.net = MLP([latent_dim, *hidden_dims, math.prod(image_shape)], activation, rngs=rngs)
+        self.out_shape = (*image_shape[:2], out_channels)
+        self.net = MLP([latent_dim, *hidden_dims, math.prod(self.out_shape)], activation, rngs=rngs)
 
-    def __call__(self, z: jax.Array) -> jax.Array:
-        return self.net(z).reshape(z.shape[0], *self.image_shape)
+    def __call__(self, z: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
+        return self.net(z).reshape(z.shape[0], *self.out_shape)

@@ -1,4 +1,8 @@
-"""Builds the VAE named by model.type from its config section."""
+"""Builds the VAE named by model.type from its config section.
+
+Every builder checks the image shape against the config (strides, patch size) and raises a
+ConfigError naming the layer and the shapes, before anything is traced.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,66 @@ from typing import Any
 
 from flax import nnx
 
+from src.models.conv import ConvDecoder, ConvEncoder
+from src.models.likelihoods import build_likelihood
 from src.models.mlp import MLPDecoder, MLPEncoder
+from src.models.transformer import TransformerDecoder, TransformerEncoder
 from src.models.vae import VAE
 from src.utils.errors import ConfigError
 
+# (model cfg, image_shape, decoder out_channels, rngs) -> (encoder, decoder)
+Builder = Callable[[Any, Sequence[int], int, nnx.Rngs], tuple[nnx.Module, nnx.Module]]
 
-def build_mlp(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE:
+
+def build_mlp(cfg: Any, image_shape: Sequence[int], out: int, rngs: nnx.Rngs):
     hidden = list(cfg.hidden_dims)
-    return VAE(
-        MLPEncoder(image_shape, hidden, cfg.latent_dim, cfg.activation, rngs=rngs),
-        MLPDecoder(image_shape, hidden[::-1], cfg.latent_dim, cfg.activation, rngs=rngs),
+    act = cfg.activation
+    return (
+        MLPEncoder(image_shape, hidden, cfg.latent_dim, act, rngs=rngs),
+        MLPDecoder(image_shape, hidden[::-1], cfg.latent_dim, out, act, rngs=rngs),
     )
 
 
-MODELS: dict[str, Callable[[Any, Sequence[int], nnx.Rngs], VAE]] = {
+def build_conv(cfg: Any, image_shape: Sequence[int], out: int, rngs: nnx.Rngs):
+    c = cfg.conv
+    layers = (list(c.channels), list(c.kernel_sizes), list(c.strides))
+    return (
+        ConvEncoder(image_shape, *layers, cfg.latent_dim, cfg.activation, rngs=rngs),
+        ConvDecoder(image_shape, *layers, cfg.latent_dim, out, cfg.activation, rngs=rngs),
+    )
+
+
+def build_transformer(cfg: Any, image_shape: Sequence[int], out: int, rngs: nnx.Rngs):
+    t = cfg.transformer
+    body = (cfg.hidden_dim, t.depth, t.heads, t.mlp_ratio, t.dropout)
+    return (
+        TransformerEncoder(
+            image_shape,
+            t.patch_size,
+            *body,
+            t.readout,
+            t.init_std,
+            cfg.latent_dim,
+            cfg.activation,
+            rngs=rngs,
+        ),
+        TransformerDecoder(
+            image_shape,
+            t.patch_size,
+            *body,
+            t.init_std,
+            cfg.latent_dim,
+            out,
+            cfg.activation,
+            rngs=rngs,
+        ),
+    )
+
+
+MODELS: dict[str, Builder] = {
     "mlp": build_mlp,
+    "conv": build_conv,
+    "transformer": build_transformer,
 }
 
 
@@ -29,4 +78,7 @@ def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE:
     """cfg is the `model` section; image_shape is (H, W, C) of the data."""
     if cfg.type not in MODELS:
         raise ConfigError(f"model.type: unknown model {cfg.type!r}; known: {', '.join(MODELS)}")
-    return MODELS[cfg.type](cfg, image_shape, rngs)
+    likelihood = build_likelihood(cfg, image_shape)
+    out_channels = int(image_shape[2]) * likelihood.params_per_pixel
+    encoder, decoder = MODELS[cfg.type](cfg, image_shape, out_channels, rngs)
+    return VAE(encoder, decoder, likelihood)

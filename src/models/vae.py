@@ -1,4 +1,4 @@
-"""The VAE: an encoder q(z|x) = N(mean, diag(exp(logvar))) and a decoder for p(x|z)."""
+"""The VAE: an encoder q(z|x) = N(mean, diag(exp(logvar))), a decoder and the likelihood p(x|z)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,24 @@ from flax import nnx
 
 
 class VAE(nnx.Module):
-    """Holds an encoder and a decoder; sampling noise is passed in, so every call is pure."""
+    """Holds an encoder, a decoder and a likelihood module (which may hold learned params, e.g. a
+    Gaussian scale). Sampling noise and dropout keys are passed in, so every call is pure."""
 
-    def __init__(self, encoder: nnx.Module, decoder: nnx.Module):
+    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, likelihood: nnx.Module):
         self.encoder = encoder
         self.decoder = decoder
+        self.likelihood = likelihood
 
-    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [batch, H, W, C] -> mean, logvar: [batch, latent_dim]."""
-        return self.encoder(x)
+    def encode(
+        self, x: jax.Array, dropout_key: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """x: [batch, H, W, C] -> mean, logvar: [batch, latent_dim]. No key: no dropout."""
+        return self.encoder(x, dropout_key)
 
-    def decode(self, z: jax.Array) -> jax.Array:
-        """z: [batch, latent_dim] -> decoder outputs [batch, H, W, C]."""
-        return self.decoder(z)
+    def decode(self, z: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """z: [batch, latent_dim] -> likelihood parameters [batch, H, W, C * params_per_pixel]."""
+        return self.decoder(z, dropout_key)
+
+    def nll(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
+        """-log p(x|z) per example in nats: [batch]."""
+        return self.likelihood(outputs, x)

@@ -139,7 +139,6 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     # --- Steps.
     step_args = {
         "latent_dim": cfg.model.latent_dim,
-        "likelihood": cfg.model.likelihood,
         "dynamic_binarize": cfg.data.binarize == "dynamic",
     }
     train_step = make_train_step(
@@ -148,7 +147,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         schedule,
         mesh,
         backend=backend,
-        beta=tcfg.kl.beta,
+        kl=tcfg.kl,
         nan_policy=tcfg.nan_policy,
         **step_args,
     )

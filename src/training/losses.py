@@ -12,9 +12,24 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
+# The observation models live with the model (a learned scale is a model parameter).
+from src.models.likelihoods import bernoulli_nll, categorical_nll, gaussian_nll
 from src.utils.errors import ConfigError
+
+__all__ = [
+    "LIKELIHOODS",
+    "LIKELIHOOD_MEANS",
+    "VAETerms",
+    "bernoulli_nll",
+    "categorical_nll",
+    "decoder_mean",
+    "gaussian_kl",
+    "gaussian_nll",
+    "reconstruction_nll",
+    "reparameterize",
+    "vae_terms",
+]
 
 
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -35,16 +50,8 @@ def reparameterize(mean: jax.Array, logvar: jax.Array, eps: jax.Array) -> jax.Ar
     return mean + jnp.exp(0.5 * logvar) * eps
 
 
-def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
-    """-log Bernoulli(x | sigmoid(logits)) summed over all pixels: [batch, ...] -> [batch] nats.
-
-    x may be fractional in [0, 1] (continuous Bernoulli is *not* used; this is the usual
-    cross-entropy objective on grey levels, exact log-likelihood only for binary x).
-    """
-    per_pixel = optax.sigmoid_binary_cross_entropy(logits, x)
-    return per_pixel.reshape(per_pixel.shape[0], -1).sum(axis=-1)
-
-
+# Name-based access for code that holds no model (scripts/evaluate.py's estimators): only
+# likelihoods without learned parameters. Training uses the model's own module (model.nll).
 LIKELIHOODS = {"bernoulli": bernoulli_nll}
 
 
@@ -79,9 +86,15 @@ class VAETerms(NamedTuple):
     mean: jax.Array  # [batch, D] posterior means (for active units)
 
 
-def vae_terms(model: Any, x: jax.Array, eps: jax.Array, likelihood: str) -> VAETerms:
-    """Encodes x, samples z = mean + sigma * eps, decodes, and returns the per-example terms."""
-    mean, logvar = model.encode(x)
+def vae_terms(model: Any, x: jax.Array, eps: jax.Array, dropout_key: jax.Array | None) -> VAETerms:
+    """Encodes x, samples z = mean + sigma * eps, decodes, and returns the per-example terms.
+
+    recon = -log p(x|z) from the model's likelihood module (nats per example, any likelihood).
+    dropout_key: None for a deterministic pass (evaluation); otherwise split between encoder
+    and decoder.
+    """
+    k_enc, k_dec = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    mean, logvar = model.encode(x, k_enc)
     z = reparameterize(mean, logvar, eps)
-    recon = reconstruction_nll(likelihood, model.decode(z), x)
+    recon = model.nll(model.decode(z, k_dec), x)
     return VAETerms(recon=recon, kl_per_dim=gaussian_kl(mean, logvar), mean=mean)

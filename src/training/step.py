@@ -10,6 +10,10 @@ metrics with lax.pmean over the mesh axis "data"; `backend` picks how it is mapp
 All noise (reparameterization, dynamic binarization) is drawn for the *global* batch before the
 split, so the numbers do not depend on how many devices share the batch (up to the order of the
 floating-point sums in pmean).
+
+The one exception is transformer dropout (model.transformer.dropout > 0): each device draws its
+masks from fold_in(dropout_key, device index) inside the body, so those masks, and the numbers,
+depend on the device count.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
+from src.training.kl import free_bits_kl, kl_weight_from_config
 from src.training.losses import vae_terms
 from src.training.state import TrainState
 from src.utils.parallel import AXIS, split_on_devices
 
+DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from split(key)
 StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
 
@@ -79,8 +85,7 @@ def make_train_step(
     *,
     backend: str,
     latent_dim: int,
-    likelihood: str,
-    beta: float,
+    kl: Any,
     dynamic_binarize: bool,
     nan_policy: str,
 ) -> StepFn:
@@ -88,36 +93,54 @@ def make_train_step(
 
     batch: [global_batch, ...] split over the mesh on its leading axis; key: the step's key.
 
+    kl is the `training.kl` section: the KL weight w(step) is computed inside the step from
+    state.step, and free bits floor each dimension's batch-mean KL (src/training/kl.py).
+    loss = recon + w * sum_d max(free_bits, KL_d) is optimized; elbo = -(recon + sum_d KL_d).
+
     A step whose loss or gradient norm is not finite is dropped (see guard_nonfinite) and
     flagged with metrics["nonfinite"] = 1.
     """
 
-    def loss_fn(params: Any, x: jax.Array, eps: jax.Array) -> tuple[jax.Array, dict]:
-        terms = vae_terms(nnx.merge(graphdef, params), x, eps, likelihood)
+    def loss_fn(
+        params: Any, x: jax.Array, eps: jax.Array, weight: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, dict]:
+        terms = vae_terms(nnx.merge(graphdef, params), x, eps, key)
         recon = terms.recon.mean()
         kl_per_dim = terms.kl_per_dim.mean(axis=0)
-        kl = kl_per_dim.sum()
-        loss = recon + beta * kl
+        kl_sum = kl_per_dim.sum()
+        if kl.free_bits > 0:
+            # The floor acts on the global batch mean: decide which dimensions are above it
+            # from the pmean (no gradient flows through the decision), then sum locally.
+            active = jax.lax.pmean(jax.lax.stop_gradient(kl_per_dim), AXIS) > kl.free_bits
+            kl_term = free_bits_kl(kl_per_dim, kl.free_bits, active)
+        else:
+            kl_term = kl_sum
+        loss = recon + weight * kl_term
         return loss, {
             "loss": loss,
             "recon": recon,
-            "kl": kl,
-            "elbo": -(recon + kl),
+            "kl": kl_sum,
+            "elbo": -(recon + kl_sum),
             "kl_per_dim": kl_per_dim,
         }
 
-    def body(state: TrainState, x: jax.Array, eps: jax.Array) -> tuple[TrainState, dict]:
+    def body(
+        state: TrainState, x: jax.Array, eps: jax.Array, key: jax.Array
+    ) -> tuple[TrainState, dict]:
+        weight = kl_weight_from_config(kl, state.step)
+        key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))  # distinct masks per device
         # Differentiate w.r.t. a per-device ("varying") copy of the replicated params: under
         # shard_map the gradient of a replicated input comes back already psum-ed over the
         # devices (the transpose of the implicit broadcast), which the pmean below would turn
         # into devices x the mean gradient. Under pmap the cast changes nothing.
         local_params = jax.lax.pcast(state.params, AXIS, to="varying")
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, x, eps)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, x, eps, weight, key)
         grads, metrics = jax.lax.pmean((grads, metrics), AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        metrics["kl_weight"] = weight
         return guard_nonfinite(
             state, TrainState(state.step + 1, params, opt_state), metrics, nan_policy
         )
@@ -128,6 +151,7 @@ def make_train_step(
         mapped = jax.pmap(
             body,
             axis_name=AXIS,
+            in_axes=(0, 0, 0, None),  # the dropout key is shared; the body folds in the device
             devices=list(mesh.devices.flat),
             out_axes=(0, None),
             donate_argnums=0,
@@ -139,30 +163,34 @@ def make_train_step(
             return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
 
         def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
-            return mapped(state, *per_device_inputs(batch, key))
+            dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
+            return mapped(state, *per_device_inputs(batch, key), dropout_key)
 
         return pmap_step
 
     sharded_body = jax.shard_map(
-        body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P())
+        body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P())
     )
 
     def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
         x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize)
-        return sharded_body(state, x, eps)
+        return sharded_body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM))
 
     return jax.jit(step, donate_argnums=0)
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, *, latent_dim: int, likelihood: str, dynamic_binarize: bool
+    graphdef: nnx.GraphDef, *, latent_dim: int, dynamic_binarize: bool
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
-    """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means."""
+    """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means.
+
+    Deterministic network (no dropout); only the reparameterization noise comes from key.
+    """
 
     @jax.jit
     def eval_step(params: Any, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
         x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize)
-        terms = vae_terms(nnx.merge(graphdef, params), x, eps, likelihood)
+        terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)
         return {
             "recon_sum": jnp.sum(terms.recon * mask),
             "kl_per_dim_sum": jnp.sum(terms.kl_per_dim * mask[:, None], axis=0),

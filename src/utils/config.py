@@ -27,6 +27,15 @@ GROUPS = ("model", "data")
 # Value constraints checked after composition; the defaults themselves live in YAML.
 POSITIVE = {
     "model.latent_dim",
+    "model.hidden_dim",
+    "model.transformer.depth",
+    "model.transformer.heads",
+    "model.transformer.mlp_ratio",
+    "model.transformer.patch_size",
+    "model.transformer.init_std",
+    "model.gaussian.fixed_scale",
+    "model.gaussian.min_scale",
+    "training.kl.cycle_steps",
     "training.epochs",
     "training.batch_size",
     "training.lr",
@@ -50,6 +59,8 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "training.kl.beta",
+    "training.kl.warmup_steps",
+    "training.kl.free_bits",
     "optimizer.weight_decay",
     "optimizer.eps",
     "optimizer.momentum",
@@ -67,10 +78,15 @@ PROBABILITY = {
     "optimizer.b1",
     "optimizer.b2",
     "optimizer.end_lr_fraction",
+    "training.kl.cycle_ramp",
 }
 CHOICES = {
+    "model.type": ("mlp", "conv", "transformer"),
     "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
-    "model.likelihood": ("bernoulli",),
+    "model.likelihood": ("bernoulli", "gaussian", "categorical"),
+    "model.gaussian.scale": ("fixed", "shared", "per_pixel"),
+    "model.transformer.readout": ("mean", "cls"),
+    "training.kl.warmup": ("none", "linear", "cyclical"),
     "data.binarize": ("none", "static", "dynamic"),
     "data.on_device": ("auto", "true", "false"),
     "data.synthetic.kind": ("linear", "manifold"),
@@ -203,6 +219,41 @@ def _get(tree: Mapping[str, Any], dotted: str) -> Any:
     return tree
 
 
+def check_model(model: Mapping[str, Any]) -> None:
+    """Model checks that need no image shape (shape checks happen when the model is built)."""
+    for key in ("hidden_dims", "conv.channels", "conv.kernel_sizes", "conv.strides"):
+        values = _get(model, key)
+        if any(v <= 0 for v in values):
+            raise ConfigError(f"model.{key} must be positive integers, got {values}")
+    conv = model["conv"]
+    lengths = {k: len(conv[k]) for k in ("channels", "kernel_sizes", "strides")}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(
+            "model.conv: channels, kernel_sizes and strides need one entry per layer, got lengths "
+            + ", ".join(f"{k}={n}" for k, n in lengths.items())
+        )
+    heads = model["transformer"]["heads"]
+    if model["hidden_dim"] % heads:
+        raise ConfigError(
+            f"model.hidden_dim ({model['hidden_dim']}) must be divisible by "
+            f"model.transformer.heads ({heads})"
+        )
+    if not 0.0 <= model["transformer"]["dropout"] < 1.0:
+        raise ConfigError(
+            f"model.transformer.dropout must be in [0, 1), got {model['transformer']['dropout']}"
+        )
+    gaussian = model["gaussian"]
+    if gaussian["scale"] != "fixed" and gaussian["fixed_scale"] <= gaussian["min_scale"]:
+        raise ConfigError(
+            f"model.gaussian.fixed_scale ({gaussian['fixed_scale']}) must exceed "
+            f"model.gaussian.min_scale ({gaussian['min_scale']}) for a learned scale"
+        )
+    if model["categorical"]["levels"] < 2:
+        raise ConfigError(
+            f"model.categorical.levels must be >= 2, got {model['categorical']['levels']}"
+        )
+
+
 def check_values(cfg: Mapping[str, Any]) -> None:
     """Range and choice checks that a type check cannot express."""
     for key in sorted(POSITIVE):
@@ -217,8 +268,12 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
-    if any(h <= 0 for h in cfg["model"]["hidden_dims"]):
-        raise ConfigError(f"model.hidden_dims must be positive, got {cfg['model']['hidden_dims']}")
+    check_model(cfg["model"])
+    kl = cfg["training"]["kl"]
+    if kl["warmup"] == "linear" and kl["warmup_steps"] == 0:
+        raise ConfigError("training.kl.warmup_steps must be > 0 when training.kl.warmup is linear")
+    if kl["cycle_ramp"] == 0:
+        raise ConfigError("training.kl.cycle_ramp must be in (0, 1], got 0")
     if cfg["parallel"]["process_id"] < -1:
         raise ConfigError(
             f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"
