@@ -127,3 +127,49 @@ def test_saved_config_takes_eval_overrides(tmp_path: Path):
     assert again.eval.iwae_samples == 7 and again.model == cfg.model
     with pytest.raises(ConfigError, match="eval.iwae_chunk must be > 0"):
         load_saved_config(tmp_path / "config.yaml", ["eval.iwae_chunk=0"])
+
+
+def _uncommented_keys(path: Path) -> list[str]:
+    """Lines that set a key (not a section header) with no comment on the line or just above."""
+    bad, previous = [], ""
+    for line in path.read_text().splitlines():
+        body = line.split("#", 1)[0]
+        commented = "#" in line or previous.strip().startswith("#")
+        if ":" in body and not body.rstrip().endswith(":") and not commented:
+            bad.append(f"{path.name}: {line.strip()}")
+        previous = line
+    return bad
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        REPO / "configs" / "default.yaml",
+        *sorted((REPO / "configs" / "model").glob("*.yaml")),
+        REPO / "configs" / "experiment" / "conv.yaml",
+        REPO / "configs" / "experiment" / "transformer.yaml",
+    ],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_every_key_is_commented(path: Path):
+    assert _uncommented_keys(path) == []
+
+
+def test_the_comment_check_can_fail(tmp_path: Path):
+    f = tmp_path / "x.yaml"
+    f.write_text("model:\n  type: mlp\n  latent_dim: 3  # ok\n")
+    assert _uncommented_keys(f) == ["x.yaml: type: mlp"]
+
+
+@pytest.mark.parametrize("name", ["conv", "transformer"])
+def test_family_experiments_compose(name: str):
+    cfg = load_config(REPO / "configs" / "experiment" / f"{name}.yaml")
+    assert cfg.model.type == name and cfg.data.name == "digits"
+
+
+def test_seed_transformer_width_is_accepted():
+    cfg = load_config(
+        REPO / "configs" / "experiment" / "transformer.yaml",
+        overrides=["model.latent_dim=512", "model.hidden_dim=768"],
+    )
+    assert (cfg.model.latent_dim, cfg.model.hidden_dim) == (512, 768)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,14 +11,17 @@ import pytest
 from flax import nnx
 from sklearn.datasets import load_digits
 
+from src.models.likelihoods import Gaussian
 from src.models.registry import build_model
+from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.state import init_state, split_model
 from src.training.step import make_eval_step, make_mesh, make_train_step
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
-from tests.helpers import BASELINE, run_script
+from src.utils.rundir import prepare, run_paths
+from tests.helpers import BASELINE, REPO, run_script
 
 FAMILIES = ["mlp", "conv", "transformer"]
 # Small members of each family, so the tests stay fast. The small transformer uses 4x4 patches
@@ -156,7 +161,9 @@ def test_learned_gaussian_scale_is_a_parameter():
     model = build_model(cfg.model, (8, 8, 1), nnx.Rngs(0))
     _, params = split_model(model)
     assert params["likelihood"]["raw_scale"].shape == (8, 8, 1)
-    np.testing.assert_allclose(model.likelihood.scale(), np.full((8, 8, 1), 0.3), rtol=1e-6)
+    likelihood = model.likelihood
+    assert isinstance(likelihood, Gaussian)
+    np.testing.assert_allclose(likelihood.scale(), np.full((8, 8, 1), 0.3), rtol=1e-6)
     fixed = small_cfg("mlp", "model.likelihood=gaussian", "model.gaussian.scale=fixed")
     _, fixed_params = split_model(build_model(fixed.model, (8, 8, 1), nnx.Rngs(0)))
     assert "likelihood" not in fixed_params  # a fixed scale is not trained
@@ -229,3 +236,57 @@ def test_bad_model_config_exits_2_at_the_cli(tmp_path, model, override, message)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_baseline_with_model_conv_trains_from_the_cli(tmp_path):
+    result = run_script(
+        "train.py",
+        f"--config={BASELINE}",
+        "--model=conv",
+        f"--workdir={tmp_path}",
+        "--run_id=conv",
+        "--config.model.conv.channels=[8, 16]",
+        "--config.training.epochs=1",
+        "--config.training.batch_size=64",
+        "--config.logging.every_steps=11",
+        "--config.eval.every_steps=22",
+        "--config.checkpoint.every_steps=22",
+        "--config.logging.console=false",
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "checkpoints" / "conv" / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["param_count"] > 0 and metrics["model_bytes"] == 4 * metrics["param_count"]
+    train = [r for r in metrics["history"] if r["split"] == "train"]
+    assert {"loss", "elbo", "recon", "kl", "kl_weight", "kl_per_dim"} <= set(train[-1])
+    assert train[-1]["kl_weight"] == 1.0  # beta = 1, no warm-up in the baseline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "experiment, overrides",
+    [
+        ("conv", []),
+        ("transformer", []),
+        # The seed's large transformer: completes a short run on CPU.
+        ("transformer", ["model.latent_dim=512", "model.hidden_dim=768"]),
+    ],
+)
+def test_family_experiment_trains(tmp_path, experiment, overrides):
+    cfg = load_config(
+        REPO / "configs" / "experiment" / f"{experiment}.yaml",
+        overrides=[
+            "training.epochs=1",
+            "logging.every_steps=11",
+            "eval.every_steps=22",
+            "checkpoint.every_steps=22",
+            "logging.console=false",
+            *overrides,
+        ],
+    )
+    paths = run_paths(tmp_path, "run")
+    prepare(paths, resume=False, overwrite=False)
+    record = train_and_evaluate(cfg, paths, resume=False)
+    assert record["status"] == "completed"
+    val = [r for r in record["history"] if r["split"] == "val"]
+    assert np.isfinite(val[-1]["elbo"]) and len(val[-1]["kl_per_dim"]) == cfg.model.latent_dim

@@ -77,8 +77,8 @@ def test_free_bits_floor_and_gradient():
 
 def test_gaussian_nll_matches_scipy():
     rng = np.random.default_rng(0)
-    x, mean = rng.uniform(size=(2, 3, 4, 4, 1)).astype(np.float32)
-    scale = rng.uniform(0.05, 2.0, size=(4, 4, 1)).astype(np.float32)
+    x, mean = jnp.asarray(rng.uniform(size=(2, 3, 4, 4, 1)), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.05, 2.0, size=(4, 4, 1)), jnp.float32)
     expected = -stats.norm.logpdf(x, mean, scale).reshape(3, -1).sum(-1)
     np.testing.assert_allclose(gaussian_nll(mean, scale, x), expected, rtol=1e-5)
     shared = -stats.norm.logpdf(x, mean, 0.3).reshape(3, -1).sum(-1)
@@ -100,7 +100,8 @@ def test_categorical_nll_matches_scipy():
     x = (k / (levels - 1)).astype(np.float32)
     log_p = special.log_softmax(logits, axis=-1)
     expected = -np.take_along_axis(log_p, k[..., None], -1).reshape(2, -1).sum(-1)
-    np.testing.assert_allclose(categorical_nll(logits, x, levels), expected, rtol=1e-5)
+    out = categorical_nll(jnp.asarray(logits), jnp.asarray(x), levels)
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
 
 
 def one_step_metrics(overrides: list[str], steps: int) -> list[dict]:
