@@ -125,6 +125,7 @@ def test_overfits_one_batch(family):
         latent_dim=cfg.model.latent_dim,
         kl=cfg.training.kl,
         dynamic_binarize=False,
+        nan_policy="stop",
     )
     state = init_state(params, tx)
     x = digits_batch(8)

@@ -118,6 +118,7 @@ def one_step_metrics(overrides: list[str], steps: int) -> list[dict]:
         latent_dim=3,
         kl=cfg.training.kl,
         dynamic_binarize=False,
+        nan_policy="stop",
     )
     state = init_state(params, tx)
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
