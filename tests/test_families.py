@@ -246,12 +246,12 @@ def test_baseline_with_model_conv_trains_from_the_cli(tmp_path):
         "--model=conv",
         f"--workdir={tmp_path}",
         "--run_id=conv",
-        "--config.model.conv.channels=[8, 16]",
+        "--config.model.conv.channels=[4, 8]",
         "--config.training.epochs=1",
-        "--config.training.batch_size=64",
-        "--config.logging.every_steps=11",
-        "--config.eval.every_steps=22",
-        "--config.checkpoint.every_steps=22",
+        "--config.training.batch_size=256",
+        "--config.logging.every_steps=5",
+        "--config.eval.every_steps=5",
+        "--config.checkpoint.every_steps=5",
         "--config.logging.console=false",
     )
     assert result.returncode == 0, result.stderr

@@ -282,14 +282,15 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
     synthetic = cfg["data"]["synthetic"]
+    likelihood = cfg["model"]["likelihood"]
     if (
         cfg["data"]["name"] == "synthetic"
         and synthetic["kind"] == "linear"
-        and cfg["model"]["likelihood"] == "bernoulli"
+        and likelihood in ("bernoulli", "categorical")
     ):
         raise ConfigError(
-            "data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
-            "bernoulli needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
+            f"data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
+            f"{likelihood} needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
         )
 
 
