@@ -23,7 +23,7 @@ from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
 from src.training.loop import derive_keys
-from src.training.losses import LIKELIHOOD_MEANS, decoder_mean
+from src.training.losses import LIKELIHOOD_MEANS, LIKELIHOODS, decoder_mean
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
 from src.training.step import draw_noise, make_eval_step
@@ -286,6 +286,11 @@ def evaluate_run(
     tic = time.perf_counter()
     cfg = load_run_config(run_dir, overrides)
     run_dir = run_dir.resolve()  # its name is the run id, its grandparent the workdir
+    if cfg.model.likelihood not in LIKELIHOODS:
+        raise ConfigError(
+            f"model.likelihood {cfg.model.likelihood!r}: evaluate supports "
+            f"{', '.join(LIKELIHOODS)} only so far (its estimators read log p(x|z) by name)"
+        )
     if cfg.eval.figures and cfg.model.likelihood not in LIKELIHOOD_MEANS:
         raise ConfigError(
             f"model.likelihood {cfg.model.likelihood!r} has no mean image for the figures; "
