@@ -160,7 +160,6 @@ def compute_metrics(
     ecfg = cfg.eval
     step_args = {
         "latent_dim": cfg.model.latent_dim,
-        "likelihood": cfg.model.likelihood,
         "dynamic_binarize": cfg.data.binarize == "dynamic",
     }
     # The training run's own validation function: same key, batch size and batch order.
@@ -173,7 +172,11 @@ def compute_metrics(
         ecfg.active_threshold,
     )
     step = make_posterior_step(
-        graphdef, **step_args, iwae_samples=ecfg.iwae_samples, iwae_chunk=ecfg.iwae_chunk
+        graphdef,
+        **step_args,
+        likelihood=cfg.model.likelihood,
+        iwae_samples=ecfg.iwae_samples,
+        iwae_chunk=ecfg.iwae_chunk,
     )
     post = posterior_pass(step, params, x, ecfg.batch_size, keys)
     mi = mutual_information(
