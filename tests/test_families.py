@@ -126,6 +126,7 @@ def test_overfits_one_batch(family):
         kl=cfg.training.kl,
         dynamic_binarize=False,
         nan_policy="stop",
+        backend="shard_map",
     )
     state = init_state(params, tx)
     x = digits_batch(8)

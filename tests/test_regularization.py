@@ -119,6 +119,7 @@ def one_step_metrics(overrides: list[str], steps: int) -> list[dict]:
         kl=cfg.training.kl,
         dynamic_binarize=False,
         nan_policy="stop",
+        backend="shard_map",
     )
     state = init_state(params, tx)
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
