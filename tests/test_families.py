@@ -17,9 +17,10 @@ from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.state import init_state, split_model
-from src.training.step import make_eval_step, make_mesh, make_train_step
+from src.training.step import make_eval_step, make_train_step
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
+from src.utils.parallel import make_mesh
 from src.utils.rundir import prepare, run_paths
 from tests.helpers import BASELINE, REPO, run_script
 

@@ -14,8 +14,9 @@ from src.models.registry import build_model
 from src.training.kl import free_bits_kl, kl_weight, kl_weight_from_config
 from src.training.optim import build_optimizer
 from src.training.state import init_state, split_model
-from src.training.step import make_mesh, make_train_step
+from src.training.step import make_train_step
 from src.utils.config import load_config
+from src.utils.parallel import make_mesh
 from tests.helpers import BASELINE
 
 
