@@ -108,7 +108,6 @@ def test_nll_does_not_increase_with_k(run4):
         step = ev.make_posterior_step(
             graphdef,
             latent_dim=cfg.model.latent_dim,
-            likelihood=cfg.model.likelihood,
             dynamic_binarize=False,
             iwae_samples=k,
             iwae_chunk=50,
@@ -182,3 +181,26 @@ def test_user_errors_exit_2_and_write_nothing(run4, tmp_path, capsys, case, args
     assert len(err) == 1 and message in err[0], err
     assert _hashes(tmp_path) == before
     assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [
+        ["model.likelihood=gaussian", "model.gaussian.scale=shared"],
+        ["model.likelihood=categorical"],
+    ],
+)
+def test_every_likelihood_evaluates_and_reproduces_val_elbo(tmp_path, likelihood):
+    """IWAE and figures read log p(x|z) and E[x|z] from the model's own likelihood module."""
+    from src.training.loop import train_and_evaluate
+    from src.utils.config import load_config
+    from src.utils.rundir import prepare, run_paths
+
+    cfg = load_config(BASELINE, overrides=[*TINY, "training.epochs=1", *likelihood])
+    paths = run_paths(tmp_path, "lik")
+    prepare(paths, resume=False, overwrite=False)
+    metrics = train_and_evaluate(cfg, paths, resume=False)
+    record, written = evaluate_run(paths.run_dir, "best", "val", ["eval.iwae_samples=20"])
+    assert record["elbo"] == pytest.approx(metrics["best"]["value"], rel=1e-5)
+    assert math.isfinite(record["iwae_nll"]) and record["iwae_nll"] <= -record["elbo"] + 1.0
+    assert any(p.suffix == ".png" for p in written)

@@ -15,8 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from src.training.losses import reconstruction_nll
-
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -71,14 +69,13 @@ def importance_log_weights(
     mean: jax.Array,
     logvar: jax.Array,
     eps: jax.Array,
-    likelihood: str,
 ) -> jax.Array:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) with z_s = mean + exp(logvar/2) * eps_s.
 
-    log p(x|z) comes from reconstruction_nll, so any likelihood in LIKELIHOODS works.
+    log p(x|z) comes from the model's own likelihood (model.nll), learned scales included.
 
     Args:
-      model: has decode(z [n, D]) -> decoder outputs [n, H, W, C].
+      model: has decode(z [n, D]) -> decoder outputs and nll(outputs, x) -> [n] nats.
       x: [B, H, W, C]; mean, logvar: [B, D]; eps: [S, B, D] standard normal.
     Returns:
       [S, B] log-weights.
@@ -87,7 +84,7 @@ def importance_log_weights(
     z = mean + jnp.exp(0.5 * logvar) * eps
     outputs = model.decode(z.reshape(num * batch, dim))
     x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
-    log_px_z = -reconstruction_nll(likelihood, outputs, x_rep).reshape(num, batch)
+    log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
     log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
     # log q at its own sample: (z - mean)^2 / var = eps^2 exactly, with no cancellation.
     log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar + LOG_2PI, axis=-1)
@@ -98,7 +95,6 @@ def iwae_log_likelihood(
     model: Any,
     x: jax.Array,
     key: jax.Array,
-    likelihood: str,
     num_samples: int,
     chunk_size: int,
 ) -> jax.Array:
@@ -109,7 +105,7 @@ def iwae_log_likelihood(
     fold_in(key, c), so a smaller k uses a prefix of the same samples.
 
     Args:
-      model: has encode(x) -> (mean, logvar) [B, D] and decode(z) -> outputs.
+      model: has encode(x) -> (mean, logvar) [B, D], decode(z) -> outputs, nll(outputs, x).
       x: [B, H, W, C].
     Returns:
       [B] L_k(x) in nats.
@@ -119,7 +115,7 @@ def iwae_log_likelihood(
 
     def log_weights(c: jax.Array) -> jax.Array:
         eps = jax.random.normal(jax.random.fold_in(key, c), (chunk, *mean.shape), mean.dtype)
-        return importance_log_weights(model, x, mean, logvar, eps, likelihood)
+        return importance_log_weights(model, x, mean, logvar, eps)
 
     return chunked_log_mean_exp(log_weights, num_samples, chunk)
 

@@ -23,7 +23,6 @@ from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
 from src.training.loop import derive_keys
-from src.training.losses import LIKELIHOOD_MEANS, LIKELIHOODS, decoder_mean
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
 from src.training.step import draw_noise, make_eval_step
@@ -107,7 +106,6 @@ def make_posterior_step(
     graphdef: nnx.GraphDef,
     *,
     latent_dim: int,
-    likelihood: str,
     dynamic_binarize: bool,
     iwae_samples: int,
     iwae_chunk: int,
@@ -123,7 +121,7 @@ def make_posterior_step(
         x, _ = draw_noise(elbo_key, batch, latent_dim, dynamic_binarize)
         model = nnx.merge(graphdef, params)
         mean, logvar = model.encode(x)
-        log_px = iwae_log_likelihood(model, x, iwae_key, likelihood, iwae_samples, iwae_chunk)
+        log_px = iwae_log_likelihood(model, x, iwae_key, iwae_samples, iwae_chunk)
         return {"log_px": log_px, "mean": mean, "logvar": logvar}
 
     return step
@@ -174,7 +172,6 @@ def compute_metrics(
     step = make_posterior_step(
         graphdef,
         **step_args,
-        likelihood=cfg.model.likelihood,
         iwae_samples=ecfg.iwae_samples,
         iwae_chunk=ecfg.iwae_chunk,
     )
@@ -222,11 +219,11 @@ def figure_arrays(
     linspace(-range, range, steps) for the dimensions with the largest KL.
     """
     ecfg = cfg.eval
-    likelihood = cfg.model.likelihood
 
     @jax.jit
     def decode(z: jax.Array) -> jax.Array:
-        return decoder_mean(likelihood, nnx.merge(graphdef, params).decode(z))
+        model = nnx.merge(graphdef, params)
+        return model.mean_image(model.decode(z))
 
     n = min(ecfg.figure_images, len(x))
     latent_dim = post["mean"].shape[1]
@@ -289,16 +286,6 @@ def evaluate_run(
     tic = time.perf_counter()
     cfg = load_run_config(run_dir, overrides)
     run_dir = run_dir.resolve()  # its name is the run id, its grandparent the workdir
-    if cfg.model.likelihood not in LIKELIHOODS:
-        raise ConfigError(
-            f"model.likelihood {cfg.model.likelihood!r}: evaluate supports "
-            f"{', '.join(LIKELIHOODS)} only so far (its estimators read log p(x|z) by name)"
-        )
-    if cfg.eval.figures and cfg.model.likelihood not in LIKELIHOOD_MEANS:
-        raise ConfigError(
-            f"model.likelihood {cfg.model.likelihood!r} has no mean image for the figures; "
-            "pass --config.eval.figures=false"
-        )
     keys = derive_eval_keys(cfg.training.seed)
     splits = load_splits(cfg.data)
     x = getattr(splits, split)

@@ -61,6 +61,10 @@ class Bernoulli(nnx.Module):
     def __call__(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
         return bernoulli_nll(outputs, x)
 
+    def mean(self, outputs: jax.Array) -> jax.Array:
+        """E[x | z] = sigmoid(logits)."""
+        return jax.nn.sigmoid(outputs)
+
 
 class Gaussian(nnx.Module):
     """Decoder outputs are per-pixel means; the std is fixed or a learned nnx.Param.
@@ -87,6 +91,10 @@ class Gaussian(nnx.Module):
     def __call__(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
         return gaussian_nll(outputs, self.scale(), x)
 
+    def mean(self, outputs: jax.Array) -> jax.Array:
+        """E[x | z] = the decoder output."""
+        return outputs
+
 
 class Categorical(nnx.Module):
     """Decoder outputs are `levels` logits per pixel and channel, over the grey levels."""
@@ -98,6 +106,12 @@ class Categorical(nnx.Module):
     def __call__(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
         logits = outputs.reshape(*x.shape, self.levels)
         return categorical_nll(logits, x, self.levels)
+
+    def mean(self, outputs: jax.Array) -> jax.Array:
+        """E[x | z] = sum_k p_k * k / (levels - 1), in [0, 1]: [batch, H, W, C]."""
+        logits = outputs.reshape(*outputs.shape[:-1], -1, self.levels)
+        probs = jax.nn.softmax(logits, axis=-1)
+        return probs @ (jnp.arange(self.levels, dtype=probs.dtype) / (self.levels - 1))
 
 
 Likelihood = Bernoulli | Gaussian | Categorical

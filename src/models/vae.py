@@ -5,12 +5,14 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from src.models.likelihoods import Likelihood
+
 
 class VAE(nnx.Module):
     """Holds an encoder, a decoder and a likelihood module (which may hold learned params, e.g. a
     Gaussian scale). Sampling noise and dropout keys are passed in, so every call is pure."""
 
-    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, likelihood: nnx.Module):
+    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, likelihood: Likelihood):
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
@@ -28,3 +30,7 @@ class VAE(nnx.Module):
     def nll(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
         """-log p(x|z) per example in nats: [batch]."""
         return self.likelihood(outputs, x)
+
+    def mean_image(self, outputs: jax.Array) -> jax.Array:
+        """E[x | z] from the decoder outputs: [batch, H, W, C] (for figures)."""
+        return self.likelihood.mean(outputs)

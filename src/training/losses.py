@@ -15,18 +15,13 @@ import jax.numpy as jnp
 
 # The observation models live with the model (a learned scale is a model parameter).
 from src.models.likelihoods import bernoulli_nll, categorical_nll, gaussian_nll
-from src.utils.errors import ConfigError
 
 __all__ = [
-    "LIKELIHOODS",
-    "LIKELIHOOD_MEANS",
     "VAETerms",
     "bernoulli_nll",
     "categorical_nll",
-    "decoder_mean",
     "gaussian_kl",
     "gaussian_nll",
-    "reconstruction_nll",
     "reparameterize",
     "vae_terms",
 ]
@@ -48,34 +43,6 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 def reparameterize(mean: jax.Array, logvar: jax.Array, eps: jax.Array) -> jax.Array:
     """z = mean + exp(logvar / 2) * eps with eps ~ N(0, I) drawn by the caller."""
     return mean + jnp.exp(0.5 * logvar) * eps
-
-
-# Name-based access for code that holds no model (scripts/evaluate.py's estimators): only
-# likelihoods without learned parameters. Training uses the model's own module (model.nll).
-LIKELIHOODS = {"bernoulli": bernoulli_nll}
-
-
-def reconstruction_nll(likelihood: str, outputs: jax.Array, x: jax.Array) -> jax.Array:
-    """-log p(x|z) per example, in nats, for the likelihood named in model.likelihood."""
-    if likelihood not in LIKELIHOODS:
-        raise ConfigError(
-            f"model.likelihood: unknown {likelihood!r}; known: {', '.join(LIKELIHOODS)}"
-        )
-    return LIKELIHOODS[likelihood](outputs, x)
-
-
-# E[x | z] from the decoder outputs, per likelihood (for figures). A likelihood added to
-# LIKELIHOODS needs its mean here too.
-LIKELIHOOD_MEANS = {"bernoulli": jax.nn.sigmoid}
-
-
-def decoder_mean(likelihood: str, outputs: jax.Array) -> jax.Array:
-    """E[x | z] for the likelihood named in model.likelihood: [batch, H, W, C]."""
-    if likelihood not in LIKELIHOOD_MEANS:
-        raise ConfigError(
-            f"model.likelihood: no mean image for {likelihood!r}; known: {', '.join(LIKELIHOOD_MEANS)}"
-        )
-    return LIKELIHOOD_MEANS[likelihood](outputs)
 
 
 class VAETerms(NamedTuple):
