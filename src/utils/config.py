@@ -51,6 +51,7 @@ POSITIVE = {
     "eval.traversal_range",
     "checkpoint.every_steps",
     "checkpoint.keep_last",
+    "training.steps_per_call",
     "data.device_memory_fraction",
     "data.prefetch",
     "data.synthetic.num_examples",
@@ -70,6 +71,7 @@ NON_NEGATIVE = {
     "parallel.num_devices",
     "data.synthetic.noise_std",
     "parallel.num_processes",
+    "compile.min_compile_secs",
 }
 PROBABILITY = {
     "data.val_fraction",
