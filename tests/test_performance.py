@@ -17,7 +17,7 @@ from src.training.loop import train_and_evaluate
 from src.training.multistep import steps_until_boundary
 from src.utils.config import load_config
 from src.utils.rundir import prepare, run_paths
-from tests.helpers import BASELINE, TINY
+from tests.helpers import BASELINE, TINY, run_script
 
 TIMING_KEYS = {"examples_per_sec"}
 
@@ -59,13 +59,12 @@ def test_steps_until_boundary():
     assert steps_until_boundary(85, (10, 100), 88) == 3
 
 
-@pytest.mark.parametrize("k", [3, 8])
-def test_steps_per_call_equals_single_steps(tmp_path, k):
+def test_steps_per_call_equals_single_steps(tmp_path):
     # TINY: 44 steps per epoch, log every 10, eval and checkpoint every 20: K = 3 and 8 leave
     # remainders before every boundary, run as single steps.
     single = train(tmp_path, "k1", TINY)
-    multi = train(tmp_path, f"k{k}", [*TINY, f"training.steps_per_call={k}"])
-    assert_same_run(single, multi)
+    for k in (3, 8):
+        assert_same_run(single, train(tmp_path, f"k{k}", [*TINY, f"training.steps_per_call={k}"]))
 
 
 def with_nan_example(monkeypatch) -> None:
@@ -98,9 +97,9 @@ def test_steps_compile_once_over_several_epochs(tmp_path):
     """Lowering to XLA happens once per program, whether or not the persistent cache hits."""
     lowered: Counter[str] = Counter()
 
-    def listen(event: str, duration: float, **kwargs) -> None:
+    def listen(event: str, duration_secs: float, **kwargs: str | int) -> None:
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            lowered[kwargs.get("fun_name", "")] += 1
+            lowered[str(kwargs.get("fun_name", ""))] += 1
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
@@ -109,3 +108,40 @@ def test_steps_compile_once_over_several_epochs(tmp_path):
         jax.monitoring.unregister_event_duration_listener(listen)
     # 132 steps over 3 epochs, in 4-step calls and single steps, each traced once.
     assert lowered["jit(step)"] == 1 and lowered["jit(run)"] == 1, sorted(lowered.items())
+
+
+def test_benchmark_writes_well_formed_json(tmp_path):
+    """Runs, not timed: the numbers are checked for presence and consistency only."""
+    out = tmp_path / "bench.json"
+    result = run_script(
+        "benchmark.py",
+        f"--config={BASELINE}",
+        "--steps=20",
+        "--repeats=1",
+        "--matmul_size=64",
+        f"--out={out}",
+        *[f"--config.{o}" for o in TINY],
+        "--config.training.steps_per_call=2",
+    )
+    assert result.returncode == 0, result.stderr
+
+    def no_nan(text: str) -> None:
+        raise AssertionError(f"{text} in the benchmark JSON")
+
+    data = json.loads(out.read_text(), parse_constant=no_nan)
+    assert json.loads(result.stdout) == data
+    for key in ("time_to_first_step_s", "compile_s", "steps_per_s", "examples_per_s"):
+        assert data[key] > 0, key
+    assert data["examples_per_s"] == pytest.approx(32 * data["steps_per_s"])
+    assert data["flops_per_step"] > 0 and data["matmul_ceiling"]["flops_per_s"] > 0
+    assert data["mfu"] == pytest.approx(
+        data["flops_per_step"] * data["steps_per_s"] / data["matmul_ceiling"]["flops_per_s"]
+    )
+    assert data["loop"]["steps_per_s"] > 0 and data["steps_per_call"] == 2
+    assert 0 < data["checkpoint_share_blocking"] <= data["checkpoint_share_upper_bound"] < 1
+    assert data["peak_host_rss_bytes"] > 0
+
+
+def test_benchmark_refuses_bad_flags(tmp_path):
+    result = run_script("benchmark.py", f"--config={BASELINE}", "--steps=0", timeout=120)
+    assert result.returncode == 2 and "--steps must be > 0" in result.stderr
