@@ -61,10 +61,12 @@ def test_steps_until_boundary():
 
 def test_steps_per_call_equals_single_steps(tmp_path):
     # TINY: 44 steps per epoch, log every 10, eval and checkpoint every 20: K = 3 and 8 leave
-    # remainders before every boundary, run as single steps.
+    # remainders before boundaries, run as single steps, and calls spanning two epochs.
     single = train(tmp_path, "k1", TINY)
     for k in (3, 8):
         assert_same_run(single, train(tmp_path, f"k{k}", [*TINY, f"training.steps_per_call={k}"]))
+    streamed = [*TINY, "training.steps_per_call=3", "data.on_device=false"]
+    assert_same_run(single, train(tmp_path, "streamed", streamed))
 
 
 def with_nan_example(monkeypatch) -> None:
@@ -138,6 +140,9 @@ def test_benchmark_writes_well_formed_json(tmp_path):
         data["flops_per_step"] * data["steps_per_s"] / data["matmul_ceiling"]["flops_per_s"]
     )
     assert data["loop"]["steps_per_s"] > 0 and data["steps_per_call"] == 2
+    assert data["loop"]["speedup_vs_k1"] == pytest.approx(
+        data["loop"]["steps_per_s"] / data["loop"]["steps_per_s_k1"]
+    )
     assert 0 < data["checkpoint_share_blocking"] <= data["checkpoint_share_upper_bound"] < 1
     assert data["peak_host_rss_bytes"] > 0
 

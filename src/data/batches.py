@@ -55,13 +55,16 @@ class DeviceBatches:
         return self.split(self.chunk(step, 1))
 
     def chunk(self, step: int, n: int) -> jax.Array:
-        """The batches of steps step .. step + n - 1 (within one epoch): [n * batch_size, ...].
+        """The batches of steps step .. step + n - 1: [n * batch_size, ...].
 
-        Replicated like the resident split; n > 1 serves a multi-step call
-        (training.steps_per_call) with one gather, and each step's shard_map then takes its
-        rows locally.
+        Replicated like the resident split (each step's shard_map takes its rows locally);
+        n > 1 serves a multi-step call (training.steps_per_call): one gather, or one per epoch
+        when the steps cross into the next epoch's permutation.
         """
         epoch, position = divmod(step, self.per_epoch)
+        if position + n > self.per_epoch:
+            head = self.per_epoch - position
+            return jnp.concatenate([self.chunk(step, head), self.chunk(step + head, n - head)])
         if epoch != self.perm_epoch:
             self.perm = epoch_permutation(self.data_key, epoch, len(self.x))
             self.perm_epoch = epoch

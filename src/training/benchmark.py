@@ -6,7 +6,7 @@ Three measurements, each in this process on the same device:
   (compile time and XLA's FLOP count come from the same compilation);
 - the real loop: train_and_evaluate on the config in a temporary workdir, its steady-state
   rate taken from the train records' examples_per_sec (which leave out eval and checkpoint
-  time);
+  time); with training.steps_per_call K > 1 also at K = 1, runs alternated;
 - one model_last save of the trained state, timed alone (the loop's share of checkpointing
   follows from it and checkpoint.every_steps);
 - the ceiling: a float32 matmul of size x size, whose best rate is what this device can do.
@@ -78,9 +78,9 @@ def xla_flops(compiled: Any) -> float | None:
 def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, Any]:
     """Builds the train step as the loop does, AOT-compiles it and times it on one batch.
 
-    Also measures, per step, the host work of the loop's step path (gathering the batch,
-    deriving the key, dispatching) without waiting for the device, and the time of one
-    model_last save (the part the loop waits for, and until it is on disk).
+    Also measures the work the loop does per single step outside the compiled step (gathering
+    the batch and deriving the key, waited for), and the time of one model_last save (the part
+    the loop waits for, and until it is on disk).
     """
     tcfg = cfg.training
     keys = derive_keys(tcfg.seed)
@@ -130,15 +130,12 @@ def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, A
         jax.block_until_ready((state, metrics))
         rates.append(steps / (time.perf_counter() - tic))
 
-    # Host work of the loop's step path, dispatch included, device work not waited for.
+    # What the loop does per single step besides the step: gather the batch, derive the key.
     host = []
     for s in range(steps):
         tic = time.perf_counter()
-        state, metrics = compiled(
-            state, batches(s % per_epoch), jax.random.fold_in(keys["train"], s)
-        )
+        jax.block_until_ready((batches(s % per_epoch), jax.random.fold_in(keys["train"], s)))
         host.append(time.perf_counter() - tic)
-    jax.block_until_ready((state, metrics))
     batches.close()
 
     saves = checkpoint_seconds(state, repeats)
@@ -212,11 +209,16 @@ def run_benchmark(
     loop_cfg = with_overrides(
         cfg, [f"training.epochs={epochs}", "logging.console=false", "logging.tensorboard=false"]
     )
-    loops = []
+    k = cfg.training.steps_per_call
+    single_cfg = with_overrides(loop_cfg, ["training.steps_per_call=1"])
+    loops, singles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             loops.append(loop_run(loop_cfg, Path(tmp), f"loop{r}"))
+            if k > 1:  # alternated with the K-step runs, so both see the same machine load
+                singles.append(loop_run(single_cfg, Path(tmp), f"single{r}"))
     loop_rate = statistics.median(x["steps_per_s"] for x in loops)
+    single_rate = statistics.median(x["steps_per_s"] for x in singles) if singles else None
     ceiling = matmul_ceiling(matmul_size, repeats)
     flops = bare["flops_per_step"]
     achieved = flops * bare["steps_per_s"] if flops is not None else None
@@ -245,6 +247,10 @@ def run_benchmark(
             "examples_per_s": loop_rate * cfg.training.batch_size,
             "overhead_vs_bare": 1.0 - loop_rate / bare["steps_per_s"],
             "runs": loops,
+            # With steps_per_call K > 1: the same loop at K = 1, and the K-step loop's speed-up.
+            "steps_per_s_k1": single_rate,
+            "speedup_vs_k1": loop_rate / single_rate if single_rate else None,
+            "runs_k1": singles,
         },
         # One save per checkpoint.every_steps steps of the steady-state loop: the share of wall
         # time is at least the blocking part, and at most the whole save if the background

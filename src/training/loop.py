@@ -153,15 +153,10 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         **step_args,
     )
     eval_step = make_eval_step(graphdef, **step_args)
-    # training.steps_per_call: K steps per dispatch between log/eval/checkpoint/epoch boundaries.
+    # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
     k = tcfg.steps_per_call
     multi_step = make_multi_step(train_step, tcfg.nan_policy, batch_size)
-    boundaries = (
-        cfg.logging.every_steps,
-        cfg.eval.every_steps,
-        cfg.checkpoint.every_steps,
-        per_epoch,
-    )
+    boundaries = (cfg.logging.every_steps, cfg.eval.every_steps, cfg.checkpoint.every_steps)
 
     def validate(step: int) -> None:
         nonlocal best

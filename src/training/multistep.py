@@ -3,9 +3,9 @@
 One dispatch runs K steps with lax.scan, so the host does per-call rather than per-step work.
 Step s of a call uses the batch and key a single step would (fold_in(train_key, s)) and adds
 its metrics to the logging interval's sums in step order, so parameters, optimizer state and
-float32 interval sums equal those of K single steps. A call never crosses a logging, eval,
-checkpoint or epoch boundary (steps_until_boundary); shorter stretches run single steps, so a
-K that divides none of the intervals is handled, not refused.
+float32 interval sums equal those of K single steps. A call never crosses a logging, eval or
+checkpoint boundary (steps_until_boundary); shorter stretches run single steps, so a K that
+divides none of the intervals is handled, not refused. Calls may span two epochs.
 """
 
 from __future__ import annotations
