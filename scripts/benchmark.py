@@ -35,6 +35,9 @@ def main(argv):
     parser.add_argument("--steps", type=int, default=300, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; medians are reported")
     parser.add_argument("--matmul_size", type=int, default=2048, help="n of the n x n ceiling")
+    parser.add_argument(
+        "--iwae_images", type=int, default=0, help="also time IWAE on this many test images"
+    )
     parser.add_argument("--out", default="results/benchmark.json", help="JSON file to write")
     args = parser.parse_args(rest)
     if not args.config:
@@ -42,6 +45,8 @@ def main(argv):
     for name in ("steps", "repeats", "matmul_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be > 0, got {getattr(args, name)}")
+    if args.iwae_images < 0:
+        raise ConfigError(f"--iwae_images must be >= 0, got {args.iwae_images}")
     cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
 
     from src.utils.compilation import enable_cache
@@ -49,7 +54,9 @@ def main(argv):
     enable_cache(cfg.compile)  # before the first compilation
     from src.training.benchmark import run_benchmark
 
-    result = run_benchmark(cfg, args.steps, args.repeats, args.matmul_size, STARTED)
+    result = run_benchmark(
+        cfg, args.steps, args.repeats, args.matmul_size, args.iwae_images, STARTED
+    )
     result["command"] = [sys.executable, *sys.argv]
     atomic_write_json(Path(args.out), result)
     print(json.dumps(result, indent=2))

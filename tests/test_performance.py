@@ -124,6 +124,9 @@ def test_benchmark_writes_well_formed_json(tmp_path):
         f"--out={out}",
         *[f"--config.{o}" for o in TINY],
         "--config.training.steps_per_call=2",
+        "--iwae_images=40",
+        "--config.eval.iwae_samples=20",
+        "--config.eval.iwae_chunk=8",
     )
     assert result.returncode == 0, result.stderr
 
@@ -145,6 +148,7 @@ def test_benchmark_writes_well_formed_json(tmp_path):
     )
     assert 0 < data["checkpoint_share_blocking"] <= data["checkpoint_share_upper_bound"] < 1
     assert data["peak_host_rss_bytes"] > 0
+    assert data["iwae"]["images"] == 40 and data["iwae"]["finite"] and data["iwae"]["seconds"] > 0
 
 
 def test_benchmark_refuses_bad_flags(tmp_path):

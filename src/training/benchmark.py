@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -199,10 +200,52 @@ def loop_run(cfg: Any, workdir: Path, run_id: str) -> dict[str, Any]:
     }
 
 
+def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
+    """Wall time of the IWAE bound (eval.iwae_samples, eval.iwae_chunk) on num_images test images.
+
+    The code path of scripts/evaluate.py (make_posterior_step over eval.batch_size batches),
+    with freshly initialized parameters: the cost does not depend on their values. The first
+    batch includes the compilation; it is reported on its own.
+    """
+    from src.evaluation.evaluate import derive_eval_keys, make_posterior_step, posterior_pass
+
+    splits = load_splits(cfg.data)
+    x = splits.test[:num_images]
+    model = build_model(cfg.model, x.shape[1:], nnx.Rngs(params=derive_keys(0)["init"]))
+    graphdef, params = split_model(model)
+    step = make_posterior_step(
+        graphdef,
+        latent_dim=cfg.model.latent_dim,
+        likelihood=cfg.model.likelihood,
+        dynamic_binarize=cfg.data.binarize == "dynamic",
+        iwae_samples=cfg.eval.iwae_samples,
+        iwae_chunk=cfg.eval.iwae_chunk,
+    )
+    keys = derive_eval_keys(cfg.training.seed)
+    tic = time.perf_counter()
+    posterior_pass(step, params, x[: cfg.eval.batch_size], cfg.eval.batch_size, keys)
+    first = time.perf_counter() - tic
+    tic = time.perf_counter()
+    out = posterior_pass(step, params, x, cfg.eval.batch_size, keys)
+    total = time.perf_counter() - tic
+    return {
+        "images": len(x),
+        "samples": cfg.eval.iwae_samples,
+        "chunk": cfg.eval.iwae_chunk,
+        "batch_size": cfg.eval.batch_size,
+        "first_batch_with_compile_s": first,
+        "seconds": total,
+        "finite": bool(np.isfinite(out["log_px"]).all()),
+    }
+
+
 def run_benchmark(
-    cfg: Any, steps: int, repeats: int, matmul_size: int, started: float
+    cfg: Any, steps: int, repeats: int, matmul_size: int, iwae_images: int, started: float
 ) -> dict[str, Any]:
-    """All measurements of one config; `started` is the process's perf_counter at launch."""
+    """All measurements of one config; `started` is the process's perf_counter at launch.
+
+    iwae_images > 0 also times the IWAE evaluation on that many test images.
+    """
     bare = bare_step(cfg, steps, repeats, started)
     per_epoch = bare["steps_per_epoch"]
     epochs = max(1, -(-steps // per_epoch))
@@ -258,6 +301,7 @@ def run_benchmark(
         "checkpoint_every_steps": every,
         "checkpoint_share_blocking": share(bare["checkpoint_save_blocking_s"]),
         "checkpoint_share_upper_bound": share(bare["checkpoint_save_total_s"]),
+        "iwae": iwae_seconds(cfg, iwae_images) if iwae_images else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_device_bytes": memory.get("peak_bytes_in_use"),
         "jax": jax.__version__,
