@@ -197,7 +197,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     try:
         with StopRequest() as stop:
             while step < total_steps and stop.signum is None:
-                if steps_until_boundary(step, boundaries, total_steps) >= tcfg.steps_per_call > 1:
+                if steps_until_boundary(step, boundaries, total_steps) >= k > 1:
                     # K steps in one call; it stops early on a non-finite step (nan_policy stop).
                     state, sums, done, last = multi_step(
                         state, interval.sums, batches.chunk(step, k), keys["train"], step
