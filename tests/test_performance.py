@@ -154,3 +154,10 @@ def test_benchmark_writes_well_formed_json(tmp_path):
 def test_benchmark_refuses_bad_flags(tmp_path):
     result = run_script("benchmark.py", f"--config={BASELINE}", "--steps=0", timeout=120)
     assert result.returncode == 2 and "--steps must be > 0" in result.stderr
+
+
+def test_steps_per_call_with_pmap_is_a_config_error():
+    from src.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.steps_per_call=4 needs parallel.backend"):
+        load_config(BASELINE, overrides=["training.steps_per_call=4", "parallel.backend=pmap"])

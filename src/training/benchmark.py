@@ -28,19 +28,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
 from src.models.registry import build_model
-from src.training.loop import derive_keys, select_devices, train_and_evaluate
+from src.training.loop import derive_keys, train_and_evaluate
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_count, split_model
-from src.training.step import make_mesh, make_train_step
+from src.training.step import make_train_step
 from src.utils import checkpoint
 from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
 from src.utils.errors import ConfigError
+from src.utils.parallel import make_mesh, replicated, select_devices, split_on_devices
 from src.utils.rundir import prepare, run_paths
 
 
@@ -87,20 +86,25 @@ def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, A
     keys = derive_keys(tcfg.seed)
     splits = load_splits(cfg.data)
     per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
+    if cfg.parallel.backend != "shard_map":  # the pmap step is not one jitted function
+        raise ConfigError(
+            f"benchmark.py: parallel.backend={cfg.parallel.backend} is not supported; "
+            "use parallel.backend=shard_map"
+        )
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
-    replicated = NamedSharding(mesh, P())
     batches = make_batches(
-        splits.train, keys["data"], tcfg.batch_size, per_epoch, replicated, cfg.data
+        splits.train, keys["data"], tcfg.batch_size, per_epoch, split_on_devices(mesh), cfg.data
     )
     model = build_model(cfg.model, splits.train.shape[1:], nnx.Rngs(params=keys["init"]))
     graphdef, params = split_model(model)
     tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs * per_epoch)
-    state = jax.device_put(init_state(params, tx), replicated)
+    state = jax.device_put(init_state(params, tx), replicated(mesh))
     train_step = make_train_step(
         graphdef,
         tx,
         schedule,
         mesh,
+        backend="shard_map",
         latent_dim=cfg.model.latent_dim,
         likelihood=cfg.model.likelihood,
         beta=tcfg.kl.beta,
