@@ -106,8 +106,7 @@ def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, A
         mesh,
         backend="shard_map",
         latent_dim=cfg.model.latent_dim,
-        likelihood=cfg.model.likelihood,
-        beta=tcfg.kl.beta,
+        kl=tcfg.kl,
         dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,
     )
