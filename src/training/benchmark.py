@@ -219,7 +219,6 @@ def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
     step = make_posterior_step(
         graphdef,
         latent_dim=cfg.model.latent_dim,
-        likelihood=cfg.model.likelihood,
         dynamic_binarize=cfg.data.binarize == "dynamic",
         iwae_samples=cfg.eval.iwae_samples,
         iwae_chunk=cfg.eval.iwae_chunk,
