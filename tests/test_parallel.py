@@ -111,6 +111,7 @@ def runs(tmp_path_factory) -> Path:
         [
             fresh("shard4", w),
             fresh("pmap4", w, "parallel.backend=pmap"),
+            fresh("shard4_k4", w, "training.steps_per_call=4", "logging.every_steps=11"),
             fresh("one", w, "parallel.num_devices=1"),
             fresh("one_long", w, "parallel.num_devices=1", "training.epochs=2"),
         ],
@@ -140,6 +141,17 @@ def test_same_losses_and_params_on_any_device_count_and_backend(runs, other):
     reference = final_state_on_one_device(runs / "checkpoints" / "shard4")
     assert int(reference["step"]) == STEPS
     assert_close_trees(final_state_on_one_device(runs / "checkpoints" / other), reference)
+
+
+def test_steps_per_call_on_four_devices_equals_single_steps(runs):
+    """4-step calls (logging every 11 steps, so calls and single steps mix) on 4 devices."""
+    np.testing.assert_array_equal(
+        history(runs, "shard4_k4", "val", "elbo"), history(runs, "shard4", "val", "elbo")
+    )
+    reference = final_state_on_one_device(runs / "checkpoints" / "shard4")
+    k4 = final_state_on_one_device(runs / "checkpoints" / "shard4_k4")
+    for x, y in zip(jax.tree.leaves(k4), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("resumed", ["shard4_then_one", "one_then_pmap4"])

@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -51,14 +52,26 @@ class DeviceBatches:
         self.perm_epoch = -1
 
     def __call__(self, step: int) -> jax.Array:
+        return self.split(self.chunk(step, 1))
+
+    def chunk(self, step: int, n: int) -> jax.Array:
+        """The batches of steps step .. step + n - 1: [n * batch_size, ...].
+
+        Replicated like the resident split (each step's shard_map takes its rows locally);
+        n > 1 serves a multi-step call (training.steps_per_call): one gather, or one per epoch
+        when the steps cross into the next epoch's permutation.
+        """
         epoch, position = divmod(step, self.per_epoch)
+        if position + n > self.per_epoch:
+            head = self.per_epoch - position
+            return jnp.concatenate([self.chunk(step, head), self.chunk(step + head, n - head)])
         if epoch != self.perm_epoch:
             self.perm = epoch_permutation(self.data_key, epoch, len(self.x))
             self.perm_epoch = epoch
         assert self.perm is not None
         # The only per-step copy is this explicit 4-byte offset; images never leave the device.
         start = jax.device_put(np.int32(position * self.batch_size), self.x.sharding)
-        return self.split(take_batch(self.x, self.perm, start, self.batch_size))
+        return take_batch(self.x, self.perm, start, n * self.batch_size)
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""
@@ -100,6 +113,10 @@ class StreamedBatches:
             raise item
         self.next_step = step + 1
         return item
+
+    def chunk(self, step: int, n: int) -> jax.Array:
+        """The batches of steps step .. step + n - 1 concatenated: [n * batch_size, ...]."""
+        return jnp.concatenate([self(s) for s in range(step, step + n)])
 
     def _start(self, step: int) -> None:
         self.close()

@@ -12,10 +12,13 @@ from src.utils.config import changed_keys, load_config, load_saved_config
 from src.utils.errors import ConfigError
 from src.utils.rundir import RunPaths, default_run_id, prepare, run_paths
 
-# Keys that may differ when resuming: they change how long the run is or where it runs (the
-# checkpoint does not depend on the device count), not what it computes.
+# Keys that may differ when resuming: they change how long the run is, where it runs (the
+# checkpoint does not depend on the device count) or how fast, not what it computes.
 RESUMABLE_OVERRIDES = {
     "training.epochs",
+    "training.steps_per_call",
+    "compile.cache_dir",
+    "compile.min_compile_secs",
     "parallel.backend",
     "parallel.num_devices",
     "parallel.distributed",
@@ -92,6 +95,9 @@ def main(argv: Sequence[str]) -> int:
         prepare(paths, resume=False, overwrite=args.overwrite)
 
     from src.training.loop import train_and_evaluate
+    from src.utils.compilation import enable_cache
+
+    enable_cache(cfg.compile)  # before the first compilation
 
     record = train_and_evaluate(cfg, paths, resume=args.resume)
     run = paths.run_dir.name

@@ -17,6 +17,7 @@ from src.data.pipeline import load_splits, steps_per_epoch
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
 from src.training import interval as accum
+from src.training.multistep import make_multi_step, steps_until_boundary
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_bytes, param_count, split_model
 from src.training.step import make_eval_step, make_train_step
@@ -152,6 +153,10 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         **step_args,
     )
     eval_step = make_eval_step(graphdef, **step_args)
+    # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
+    k = tcfg.steps_per_call
+    multi_step = make_multi_step(train_step, tcfg.nan_policy, batch_size)
+    boundaries = (cfg.logging.every_steps, cfg.eval.every_steps, cfg.checkpoint.every_steps)
 
     def validate(step: int) -> None:
         nonlocal best
@@ -192,15 +197,29 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     try:
         with StopRequest() as stop:
             while step < total_steps and stop.signum is None:
-                batch = batches(step)
-                state, metrics = train_step(state, batch, jax.random.fold_in(keys["train"], step))
-                # nan_policy stop: the step left the state at the last good step. Reading the
-                # flag waits for each step; skip needs no wait (the flag is summed instead).
-                if tcfg.nan_policy == "stop" and float(metrics["nonfinite"]):
-                    failure = nonfinite_failure(step + 1, metrics)
-                    break
-                interval = accum.add(interval, metrics)
-                step += 1
+                if steps_until_boundary(step, boundaries, total_steps) >= k > 1:
+                    # K steps in one call; it stops early on a non-finite step (nan_policy stop).
+                    state, sums, done, last = multi_step(
+                        state, interval.sums, batches.chunk(step, k), keys["train"], step
+                    )
+                    taken = int(done) if tcfg.nan_policy == "stop" else k
+                    interval = accum.Interval(sums, interval.steps + taken, interval.seconds)
+                    step += taken
+                    if taken < k:
+                        failure = nonfinite_failure(step + 1, last)
+                        break
+                else:
+                    batch = batches(step)
+                    state, metrics = train_step(
+                        state, batch, jax.random.fold_in(keys["train"], step)
+                    )
+                    # nan_policy stop: the step left the state at the last good step. Reading the
+                    # flag waits for each step; skip needs no wait (the flag is summed instead).
+                    if tcfg.nan_policy == "stop" and float(metrics["nonfinite"]):
+                        failure = nonfinite_failure(step + 1, metrics)
+                        break
+                    interval = accum.add(interval, metrics)
+                    step += 1
                 if step % cfg.logging.every_steps == 0 or step == total_steps:
                     means = accum.means(jax.device_get(interval.sums), interval.steps)
                     means["lr"] = float(schedule(step - 1))

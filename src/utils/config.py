@@ -51,6 +51,7 @@ POSITIVE = {
     "eval.traversal_range",
     "checkpoint.every_steps",
     "checkpoint.keep_last",
+    "training.steps_per_call",
     "data.device_memory_fraction",
     "data.prefetch",
     "data.synthetic.num_examples",
@@ -70,6 +71,7 @@ NON_NEGATIVE = {
     "parallel.num_devices",
     "data.synthetic.noise_std",
     "parallel.num_processes",
+    "compile.min_compile_secs",
 }
 PROBABILITY = {
     "data.val_fraction",
@@ -281,6 +283,12 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
+    if cfg["training"]["steps_per_call"] > 1 and cfg["parallel"]["backend"] != "shard_map":
+        raise ConfigError(
+            f"training.steps_per_call={cfg['training']['steps_per_call']} needs "
+            f"parallel.backend=shard_map (got {cfg['parallel']['backend']}); use "
+            "training.steps_per_call=1 with pmap"
+        )
     synthetic = cfg["data"]["synthetic"]
     likelihood = cfg["model"]["likelihood"]
     if (

@@ -1,0 +1,310 @@
+"""Speed of one config measured against the machine: the numbers scripts/benchmark.py writes.
+
+Three measurements, each in this process on the same device:
+
+- the bare step: the AOT-compiled train step called back to back on one resident batch
+  (compile time and XLA's FLOP count come from the same compilation);
+- the real loop: train_and_evaluate on the config in a temporary workdir, its steady-state
+  rate taken from the train records' examples_per_sec (which leave out eval and checkpoint
+  time); with training.steps_per_call K > 1 also at K = 1, runs alternated;
+- one model_last save of the trained state, timed alone (the loop's share of checkpointing
+  follows from it and checkpoint.every_steps);
+- the ceiling: a float32 matmul of size x size, whose best rate is what this device can do.
+
+MFU = (XLA FLOPs per step x bare steps/s) / ceiling. XLA counts a multiply-add as 2 FLOPs, as
+the matmul's 2 n^3 does. Timings are medians over `repeats` runs; the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from src.data.batches import make_batches
+from src.data.pipeline import load_splits, steps_per_epoch
+from src.models.registry import build_model
+from src.training.loop import derive_keys, train_and_evaluate
+from src.training.optim import build_optimizer
+from src.training.state import init_state, param_count, split_model
+from src.training.step import make_train_step
+from src.utils import checkpoint
+from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
+from src.utils.errors import ConfigError
+from src.utils.parallel import make_mesh, replicated, select_devices, split_on_devices
+from src.utils.rundir import prepare, run_paths
+
+
+def matmul_ceiling(size: int, repeats: int) -> dict[str, float]:
+    """Best float32 FLOP/s of a [size, size] @ [size, size] product on the default device."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - tic)
+    return {"size": size, "best_s": min(times), "flops_per_s": 2 * size**3 / min(times)}
+
+
+def with_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """cfg with 'section.key=value' overrides applied and validated again."""
+    tree = apply_overrides(to_plain(cfg), overrides)
+    return freeze(validate(tree, read_yaml(CONFIG_ROOT / "default.yaml")))
+
+
+def xla_flops(compiled: Any) -> float | None:
+    """FLOPs of one call from XLA's cost analysis (None where the backend gives none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except NotImplementedError:
+        return None
+    if isinstance(cost, list | tuple):  # one entry per program in older JAX versions
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None else None
+
+
+def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, Any]:
+    """Builds the train step as the loop does, AOT-compiles it and times it on one batch.
+
+    Also measures the work the loop does per single step outside the compiled step (gathering
+    the batch and deriving the key, waited for), and the time of one model_last save (the part
+    the loop waits for, and until it is on disk).
+    """
+    tcfg = cfg.training
+    keys = derive_keys(tcfg.seed)
+    splits = load_splits(cfg.data)
+    per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
+    if cfg.parallel.backend != "shard_map":  # the pmap step is not one jitted function
+        raise ConfigError(
+            f"benchmark.py: parallel.backend={cfg.parallel.backend} is not supported; "
+            "use parallel.backend=shard_map"
+        )
+    mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
+    batches = make_batches(
+        splits.train, keys["data"], tcfg.batch_size, per_epoch, split_on_devices(mesh), cfg.data
+    )
+    model = build_model(cfg.model, splits.train.shape[1:], nnx.Rngs(params=keys["init"]))
+    graphdef, params = split_model(model)
+    tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs * per_epoch)
+    state = jax.device_put(init_state(params, tx), replicated(mesh))
+    train_step = make_train_step(
+        graphdef,
+        tx,
+        schedule,
+        mesh,
+        backend="shard_map",
+        latent_dim=cfg.model.latent_dim,
+        kl=tcfg.kl,
+        dynamic_binarize=cfg.data.binarize == "dynamic",
+        nan_policy=tcfg.nan_policy,
+    )
+    batch = batches(0)
+    key = jax.random.fold_in(keys["train"], 0)
+    setup_s = time.perf_counter() - started
+
+    tic = time.perf_counter()
+    jitted: Any = train_step  # a jax.jit function; its type alias hides .lower
+    lowered = jitted.lower(state, batch, key)
+    lower_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - tic
+    state, metrics = compiled(state, batch, key)
+    jax.block_until_ready(metrics)
+    time_to_first_step = time.perf_counter() - started
+
+    step_keys = [jax.random.fold_in(keys["train"], s) for s in range(steps)]
+    rates = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        for k in step_keys:
+            state, metrics = compiled(state, batch, k)
+        jax.block_until_ready((state, metrics))
+        rates.append(steps / (time.perf_counter() - tic))
+
+    # What the loop does per single step besides the step: gather the batch, derive the key.
+    host = []
+    for s in range(steps):
+        tic = time.perf_counter()
+        jax.block_until_ready((batches(s % per_epoch), jax.random.fold_in(keys["train"], s)))
+        host.append(time.perf_counter() - tic)
+    batches.close()
+
+    saves = checkpoint_seconds(state, repeats)
+    flops = xla_flops(compiled)
+    return {
+        "param_count": param_count(state.params),
+        "steps_per_epoch": per_epoch,
+        "setup_s": setup_s,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "time_to_first_step_s": time_to_first_step,
+        "steps_per_s": statistics.median(rates),
+        "steps_per_s_runs": rates,
+        "examples_per_s": statistics.median(rates) * tcfg.batch_size,
+        "host_s_per_step": statistics.median(host),
+        "flops_per_step": flops,
+        **saves,
+    }
+
+
+def checkpoint_seconds(state: Any, repeats: int) -> dict[str, float]:
+    """Median time of a model_last save: blocking (what the loop waits) and until on disk."""
+    blocking, total = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = checkpoint.make_manager(Path(tmp) / "model_last", 1)
+        for step in range(1, repeats + 1):
+            tic = time.perf_counter()
+            checkpoint.save(manager, step, state, {"step": step})
+            blocking.append(time.perf_counter() - tic)
+            checkpoint.wait(manager)
+            total.append(time.perf_counter() - tic)
+        manager.close()
+    return {
+        "checkpoint_save_blocking_s": statistics.median(blocking),
+        "checkpoint_save_total_s": statistics.median(total),
+    }
+
+
+def loop_run(cfg: Any, workdir: Path, run_id: str) -> dict[str, Any]:
+    """Runs train_and_evaluate; wall time and the median steady-state rate of its records.
+
+    The first train record holds the compilation and is left out of the steady state.
+    """
+    paths = run_paths(workdir, run_id)
+    prepare(paths, resume=False, overwrite=False)
+    tic = time.perf_counter()
+    record = train_and_evaluate(cfg, paths, resume=False)
+    wall = time.perf_counter() - tic
+    rates = [r["examples_per_sec"] for r in record["history"] if r["split"] == "train"][1:]
+    if not rates:  # one logging interval only: nothing after compilation to time
+        raise ConfigError(
+            f"benchmark: the loop of {record['total_steps']} steps logs only once "
+            f"(logging.every_steps={cfg.logging.every_steps}); raise --steps or lower it"
+        )
+    examples = statistics.median(rates)
+    return {
+        "wall_s": wall,
+        "total_steps": record["total_steps"],
+        "examples_per_s": examples,
+        "steps_per_s": examples / cfg.training.batch_size,
+    }
+
+
+def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
+    """Wall time of the IWAE bound (eval.iwae_samples, eval.iwae_chunk) on num_images test images.
+
+    The code path of scripts/evaluate.py (make_posterior_step over eval.batch_size batches),
+    with freshly initialized parameters: the cost does not depend on their values. The first
+    batch includes the compilation; it is reported on its own.
+    """
+    from src.evaluation.evaluate import derive_eval_keys, make_posterior_step, posterior_pass
+
+    splits = load_splits(cfg.data)
+    x = splits.test[:num_images]
+    model = build_model(cfg.model, x.shape[1:], nnx.Rngs(params=derive_keys(0)["init"]))
+    graphdef, params = split_model(model)
+    step = make_posterior_step(
+        graphdef,
+        latent_dim=cfg.model.latent_dim,
+        dynamic_binarize=cfg.data.binarize == "dynamic",
+        iwae_samples=cfg.eval.iwae_samples,
+        iwae_chunk=cfg.eval.iwae_chunk,
+    )
+    keys = derive_eval_keys(cfg.training.seed)
+    tic = time.perf_counter()
+    posterior_pass(step, params, x[: cfg.eval.batch_size], cfg.eval.batch_size, keys)
+    first = time.perf_counter() - tic
+    tic = time.perf_counter()
+    out = posterior_pass(step, params, x, cfg.eval.batch_size, keys)
+    total = time.perf_counter() - tic
+    return {
+        "images": len(x),
+        "samples": cfg.eval.iwae_samples,
+        "chunk": cfg.eval.iwae_chunk,
+        "batch_size": cfg.eval.batch_size,
+        "first_batch_with_compile_s": first,
+        "seconds": total,
+        "finite": bool(np.isfinite(out["log_px"]).all()),
+    }
+
+
+def run_benchmark(
+    cfg: Any, steps: int, repeats: int, matmul_size: int, iwae_images: int, started: float
+) -> dict[str, Any]:
+    """All measurements of one config; `started` is the process's perf_counter at launch.
+
+    iwae_images > 0 also times the IWAE evaluation on that many test images.
+    """
+    bare = bare_step(cfg, steps, repeats, started)
+    per_epoch = bare["steps_per_epoch"]
+    epochs = max(1, -(-steps // per_epoch))
+    loop_cfg = with_overrides(
+        cfg, [f"training.epochs={epochs}", "logging.console=false", "logging.tensorboard=false"]
+    )
+    k = cfg.training.steps_per_call
+    single_cfg = with_overrides(loop_cfg, ["training.steps_per_call=1"])
+    loops, singles = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            loops.append(loop_run(loop_cfg, Path(tmp), f"loop{r}"))
+            if k > 1:  # alternated with the K-step runs, so both see the same machine load
+                singles.append(loop_run(single_cfg, Path(tmp), f"single{r}"))
+    loop_rate = statistics.median(x["steps_per_s"] for x in loops)
+    single_rate = statistics.median(x["steps_per_s"] for x in singles) if singles else None
+    ceiling = matmul_ceiling(matmul_size, repeats)
+    flops = bare["flops_per_step"]
+    achieved = flops * bare["steps_per_s"] if flops is not None else None
+    every = cfg.checkpoint.every_steps
+
+    def share(save_s: float) -> float:
+        return save_s / (save_s + every / loop_rate)
+
+    memory = jax.devices()[0].memory_stats() or {}
+    return {
+        "experiment": cfg.experiment.name,
+        "device": str(jax.devices()[0].device_kind),
+        "backend": jax.default_backend(),
+        "batch_size": cfg.training.batch_size,
+        "steps_per_call": cfg.training.steps_per_call,
+        "steps_timed": steps,
+        "repeats": repeats,
+        **bare,
+        "flops_per_s": achieved,
+        "matmul_ceiling": ceiling,
+        "mfu": achieved / ceiling["flops_per_s"] if achieved is not None else None,
+        "loop": {
+            "epochs": epochs,
+            "total_steps": epochs * per_epoch,
+            "steps_per_s": loop_rate,
+            "examples_per_s": loop_rate * cfg.training.batch_size,
+            "overhead_vs_bare": 1.0 - loop_rate / bare["steps_per_s"],
+            "runs": loops,
+            # With steps_per_call K > 1: the same loop at K = 1, and the K-step loop's speed-up.
+            "steps_per_s_k1": single_rate,
+            "speedup_vs_k1": loop_rate / single_rate if single_rate else None,
+            "runs_k1": singles,
+        },
+        # One save per checkpoint.every_steps steps of the steady-state loop: the share of wall
+        # time is at least the blocking part, and at most the whole save if the background
+        # write overlapped nothing (on 2 cores it competes with the step for the CPU).
+        "checkpoint_every_steps": every,
+        "checkpoint_share_blocking": share(bare["checkpoint_save_blocking_s"]),
+        "checkpoint_share_upper_bound": share(bare["checkpoint_save_total_s"]),
+        "iwae": iwae_seconds(cfg, iwae_images) if iwae_images else None,
+        "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_device_bytes": memory.get("peak_bytes_in_use"),
+        "jax": jax.__version__,
+    }

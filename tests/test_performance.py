@@ -1,0 +1,163 @@
+"""steps_per_call (K steps per compiled call) equals K single steps; the step compiles once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from src.data.pipeline import Splits
+from src.training import loop
+from src.training.loop import train_and_evaluate
+from src.training.multistep import steps_until_boundary
+from src.utils.config import load_config
+from src.utils.rundir import prepare, run_paths
+from tests.helpers import BASELINE, TINY, run_script
+
+TIMING_KEYS = {"examples_per_sec"}
+
+
+def train(workdir: Path, run_id: str, overrides: list[str]) -> tuple[dict, dict]:
+    """Trains the tiny baseline in process; returns the record and model_last's state."""
+    paths = run_paths(workdir, run_id)
+    prepare(paths, resume=False, overwrite=False)
+    record = train_and_evaluate(load_config(BASELINE, overrides=overrides), paths, resume=False)
+    with ocp.CheckpointManager(paths.last.absolute()) as mgr:
+        restored = mgr.restore(
+            mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+    return record, restored["state"]
+
+
+def untimed(record: dict) -> dict:
+    out = {
+        k: v for k, v in record.items() if k not in ("run_id", "history", "final", "config_hash")
+    }
+    out["history"] = [
+        {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in record["history"]
+    ]
+    return out
+
+
+def assert_same_run(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    # JSON text, so that NaN (a failure's offending value) compares equal to NaN
+    assert json.dumps(untimed(a[0])) == json.dumps(untimed(b[0]))
+    leaves_a, leaves_b = jax.tree.leaves(a[1]), jax.tree.leaves(b[1])
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_steps_until_boundary():
+    assert steps_until_boundary(0, (10, 20, 44), 88) == 10
+    assert steps_until_boundary(40, (10, 20, 44), 88) == 4
+    assert steps_until_boundary(85, (10, 100), 88) == 3
+
+
+def test_steps_per_call_equals_single_steps(tmp_path):
+    # TINY: 44 steps per epoch, log every 10, eval and checkpoint every 20: K = 3 and 8 leave
+    # remainders before boundaries, run as single steps, and calls spanning two epochs; the
+    # streamed provider serves K-step calls too.
+    single = train(tmp_path, "k1", TINY)
+    assert_same_run(single, train(tmp_path, "k3", [*TINY, "training.steps_per_call=3"]))
+    streamed = [*TINY, "training.steps_per_call=8", "data.on_device=false"]
+    assert_same_run(single, train(tmp_path, "streamed", streamed))
+
+
+def with_nan_example(monkeypatch) -> None:
+    """One training example becomes NaN: every step whose batch holds it is non-finite."""
+    original = loop.load_splits
+
+    def load_splits(cfg):
+        splits = original(cfg)
+        train = splits.train.copy()
+        train[7] = np.nan
+        return Splits(train, splits.val, splits.test, splits.info)
+
+    monkeypatch.setattr(loop, "load_splits", load_splits)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_steps_per_call_keeps_the_nan_policy(tmp_path, monkeypatch, policy):
+    with_nan_example(monkeypatch)
+    overrides = [*TINY, f"training.nan_policy={policy}"]
+    single = train(tmp_path, "k1", overrides)
+    multi = train(tmp_path, "k4", [*overrides, "training.steps_per_call=4"])
+    assert_same_run(single, multi)
+    if policy == "stop":
+        assert single[0]["status"] == "failed" and single[0]["stopped_at_step"] < 44
+    else:
+        assert single[0]["status"] == "completed" and single[0]["skipped_steps"] == 2
+
+
+def test_steps_compile_once_over_several_epochs(tmp_path):
+    """Lowering to XLA happens once per program, whether or not the persistent cache hits."""
+    lowered: Counter[str] = Counter()
+
+    def listen(event: str, duration_secs: float, **kwargs: str | int) -> None:
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered[str(kwargs.get("fun_name", ""))] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        train(tmp_path, "r", [*TINY, "training.epochs=3", "training.steps_per_call=4"])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    # 132 steps over 3 epochs, in 4-step calls and single steps, each traced once.
+    assert lowered["jit(step)"] == 1 and lowered["jit(run)"] == 1, sorted(lowered.items())
+
+
+def test_benchmark_writes_well_formed_json(tmp_path):
+    """Runs, not timed: the numbers are checked for presence and consistency only."""
+    out = tmp_path / "bench.json"
+    result = run_script(
+        "benchmark.py",
+        f"--config={BASELINE}",
+        "--steps=20",
+        "--repeats=1",
+        "--matmul_size=64",
+        f"--out={out}",
+        *[f"--config.{o}" for o in TINY],
+        "--config.training.steps_per_call=2",
+        "--iwae_images=40",
+        "--config.eval.iwae_samples=20",
+        "--config.eval.iwae_chunk=8",
+    )
+    assert result.returncode == 0, result.stderr
+
+    def no_nan(text: str) -> None:
+        raise AssertionError(f"{text} in the benchmark JSON")
+
+    data = json.loads(out.read_text(), parse_constant=no_nan)
+    assert json.loads(result.stdout) == data
+    for key in ("time_to_first_step_s", "compile_s", "steps_per_s", "examples_per_s"):
+        assert data[key] > 0, key
+    assert data["examples_per_s"] == pytest.approx(32 * data["steps_per_s"])
+    assert data["flops_per_step"] > 0 and data["matmul_ceiling"]["flops_per_s"] > 0
+    assert data["mfu"] == pytest.approx(
+        data["flops_per_step"] * data["steps_per_s"] / data["matmul_ceiling"]["flops_per_s"]
+    )
+    assert data["loop"]["steps_per_s"] > 0 and data["steps_per_call"] == 2
+    assert data["loop"]["speedup_vs_k1"] == pytest.approx(
+        data["loop"]["steps_per_s"] / data["loop"]["steps_per_s_k1"]
+    )
+    assert 0 < data["checkpoint_share_blocking"] <= data["checkpoint_share_upper_bound"] < 1
+    assert data["peak_host_rss_bytes"] > 0
+    assert data["iwae"]["images"] == 40 and data["iwae"]["finite"] and data["iwae"]["seconds"] > 0
+
+
+def test_benchmark_refuses_bad_flags(tmp_path):
+    result = run_script("benchmark.py", f"--config={BASELINE}", "--steps=0", timeout=120)
+    assert result.returncode == 2 and "--steps must be > 0" in result.stderr
+
+
+def test_steps_per_call_with_pmap_is_a_config_error():
+    from src.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.steps_per_call=4 needs parallel.backend"):
+        load_config(BASELINE, overrides=["training.steps_per_call=4", "parallel.backend=pmap"])
