@@ -15,16 +15,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.pipeline import load_splits  # noqa: E402
+from src.data.pipeline import load_splits, steps_per_epoch  # noqa: E402
 from src.evaluation import figures  # noqa: E402
-from src.evaluation.ppca import ppca_fit, ppca_log_likelihood  # noqa: E402
+from src.evaluation.evaluate import abstract_train_state, restore_state  # noqa: E402
+from src.evaluation.ppca import (  # noqa: E402
+    gaussian_log_likelihood,
+    ppca_fit,
+    ppca_log_likelihood,
+)
 from src.experiments.summary import wall_seconds  # noqa: E402
 from src.utils.config import load_saved_config  # noqa: E402
 from src.utils.io import read_json  # noqa: E402
@@ -39,6 +47,7 @@ SWEEPS = {
     "005": ("exp005-families", ["model.type"], "families"),
     "006": ("exp006-linear", [], "linear_ppca"),
 }
+LONG_006 = "exp006-linear-long"  # the 4x longer arm of Experiment 006, if it has run
 USED_KL = 0.1  # nats: a dimension "carries information" above this KL (reported next to AU)
 
 
@@ -150,13 +159,32 @@ def sweep_figure(runs: Sequence[dict[str, Any]], key: str, title: str) -> Any:
         per = [[fn(r) for r in groups[v]] for v in values]
         mean = np.array([np.mean(p) for p in per])
         err = np.array([[mean[i] - min(p), max(p) - mean[i]] for i, p in enumerate(per)]).T
-        right.errorbar(x, mean, yerr=err, marker=marker, capsize=3, label=name)
-    right.set_xticks(x, [str(v) for v in values])
+        line = "-" if all(isinstance(v, (int, float)) for v in values) else "none"
+        right.errorbar(x, mean, yerr=err, marker=marker, ls=line, capsize=3, label=name)
+    right.set_xticks(x, [str(v).replace(", ", "\n") for v in values], fontsize=8)
     right.set_xlabel(key)
     right.set_ylabel("dimensions (mean, min-max over seeds)")
     right.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def linear_vae_marginal(run_dir: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """(b [D], W [D, q], sigma) of a trained linear VAE (model_last), p(x) = N(b, W W^T + s^2 I).
+
+    The decoder is affine, so decoding z = 0 gives b and z = e_j gives b + W[:, j].
+    """
+    cfg = load_saved_config(run_dir / "config.yaml", [])
+    splits = load_splits(cfg.data)
+    total = cfg.training.epochs * steps_per_epoch(len(splits.train), cfg.training.batch_size)
+    graphdef, abstract = abstract_train_state(cfg, splits.train.shape[1:], total)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    state, _ = restore_state(run_dir, "last", abstract, sharding)
+    model = nnx.merge(graphdef, state.params)
+    q = cfg.model.latent_dim
+    z = jnp.concatenate([jnp.zeros((1, q)), jnp.eye(q)])
+    out = np.asarray(model.decode(z), np.float64).reshape(q + 1, -1)
+    return out[0], (out[1:] - out[0]).T, float(model.likelihood.scale())
 
 
 def ppca_comparison(workdir: Path, runs: Sequence[dict[str, Any]]) -> tuple[str, Any]:
@@ -166,24 +194,30 @@ def ppca_comparison(workdir: Path, runs: Sequence[dict[str, Any]]) -> tuple[str,
     q, k = cfg.model.latent_dim, cfg.data.synthetic.latent_dim
     threshold = cfg.eval.active_threshold
     lines = [
-        "| model | train log-lik | val log-lik (ELBO for the VAE) | test log-lik (VAE: IWAE) "
-        "| sigma | active units | KL per dim (sorted) |",
-        "|" + " --- |" * 7,
+        "| model | train log-lik | val log-lik | test log-lik | val ELBO | sigma | active units "
+        "| val KL per dim (sorted) |",
+        "|" + " --- |" * 8,
     ]
     fits = {f"PPCA q={n}": ppca_fit(splits.train, n, threshold) for n in (k, q)}
     for name, fit in fits.items():
         lines.append(
             f"| {name} (closed form, fit on train) | {fit['log_likelihood']:.3f} "
             f"| {ppca_log_likelihood(splits.val, fit):.3f} "
-            f"| {ppca_log_likelihood(splits.test, fit):.3f} | {np.sqrt(fit['sigma2']):.4f} "
+            f"| {ppca_log_likelihood(splits.test, fit):.3f} | = log-lik "
+            f"| {np.sqrt(fit['sigma2']):.4f} "
             f"| {fit['active_units']} | {np.round(fit['kl_per_dim'], 3).tolist()} |"
         )
     for r in runs:
-        test = f"{-r['test']['iwae_nll']:.3f}" if r["test"] else "-"
+        b, w, sigma = linear_vae_marginal(run_paths(workdir, r["run_id"]).run_dir)
+        cov = w @ w.T + sigma**2 * np.eye(len(b))
+        lls = [
+            gaussian_log_likelihood(getattr(splits, n), b, cov) for n in ("train", "val", "test")
+        ]
         kl = np.round(np.sort(r["val"]["kl_per_dim"])[::-1], 3).tolist()
         lines.append(
-            f"| linear VAE seed {r['seed']} | - | {r['val']['elbo']:.3f} | {test} | - "
-            f"| {r['val']['active_units']} | {kl} |"
+            f"| linear VAE {r['arm']}, seed {r['seed']} | "
+            + " | ".join(f"{v:.3f}" for v in lls)
+            + f" | {r['val']['elbo']:.3f} | {sigma:.4f} | {r['val']['active_units']} | {kl} |"
         )
     fig = new_figure(6.0, 3.8)
     ax = fig.subplots()
@@ -191,7 +225,8 @@ def ppca_comparison(workdir: Path, runs: Sequence[dict[str, Any]]) -> tuple[str,
     ax.plot(dims, fits[f"PPCA q={q}"]["kl_per_dim"], "k*-", ms=9, label=f"PPCA optimum, q={q}")
     for r in runs:
         kls = np.sort(r["val"]["kl_per_dim"])[::-1]
-        ax.plot(dims, kls, "o--", ms=4, label=f"linear VAE, seed {r['seed']}")
+        style = "o--" if r["arm"] == "100 ep" else "s-"
+        ax.plot(dims, kls, style, ms=4, label=f"linear VAE {r['arm']}, seed {r['seed']}")
     ax.axvline(k + 0.5, color="grey", ls=":", lw=1)
     ax.set_yscale("log")
     ax.set_xlabel(f"latent dimension, sorted by KL (true k = {k})")
@@ -231,6 +266,9 @@ def main(argv: Sequence[str]) -> int:
     print(f"{len(runs)} completed runs; commits: {sorted({r['commit'] for r in runs})}")
     path = args.out / f"{args.experiment}_{name}.png"
     if args.experiment == "006":
+        runs = [{**r, "arm": "100 ep"} for r in runs]
+        if (args.workdir / "sweeps" / LONG_006).is_dir():
+            runs += [{**r, "arm": "400 ep"} for r in load_runs(args.workdir, LONG_006, keys)]
         text, fig = ppca_comparison(args.workdir, runs)
         print(text)
         figures.save(fig, path)
