@@ -55,7 +55,7 @@ def load_runs(workdir: Path, sweep: str, keys: Sequence[str]) -> list[dict[str, 
         if record.get("status") != "completed":
             continue
         prov = read_json(paths.provenance)
-        eval_path = paths.run_dir / "eval" / "best_test.json"
+        eval_path = paths.run_dir / "eval" / "last_test.json"  # the final step, as the table
         runs.append(
             {
                 "run_id": trial["run_id"],
@@ -99,7 +99,8 @@ def table(runs: Sequence[dict[str, Any]], key: str) -> str:
     """Markdown: one row per swept value, mean +- sd over seeds (n seeds)."""
     has_test = all(r["test"] is not None for r in runs)
     head = [key, "seeds", "val ELBO", "val recon", "val KL", "AU (min-max)", "KL>0.1 (min-max)"]
-    head += ["test IWAE NLL", "test MI"] if has_test else []
+    if has_test:
+        head += [f"test IWAE NLL (k={runs[0]['test']['iwae_samples']})", "test MI"]
     head += ["params", "wall s (mean)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for value, group in grouped(runs).items():
