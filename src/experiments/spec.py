@@ -33,7 +33,7 @@ REPO_ROOT = CONFIG_ROOT.parent
 SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "combine", "random", "seeds", "metric")
 COMBINE = ("product", "zip")
 RANDOM_KEYS = ("seed", "trials", "params")
-# Summary columns a sweep may plot (see src/experiments/summary.py).
+# Summary columns a sweep may plot; summary.RESULT_COLUMNS is built from these.
 METRICS = (
     "best_value",
     "val_elbo",

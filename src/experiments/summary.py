@@ -17,22 +17,13 @@ from typing import Any
 import numpy as np
 
 from src.experiments.runner import Outcome
-from src.experiments.spec import SEED_KEY, SweepSpec, Trial, format_value
+from src.experiments.spec import METRICS, SEED_KEY, SweepSpec, Trial, format_value
 from src.utils.io import atomic_write_text, read_json
 from src.utils.run_index import FILE_NAME, read_rows
 from src.utils.rundir import run_paths
 
-RESULT_COLUMNS = (
-    "best_metric",
-    "best_value",
-    "best_step",
-    "val_elbo",
-    "val_recon",
-    "val_kl",
-    "val_active_units",
-    "train_loss",
-    "wall_s",
-)
+# The plottable metrics (spec.METRICS, best_value first) with the best record's name and step.
+RESULT_COLUMNS = ("best_metric", METRICS[0], "best_step", *METRICS[1:])
 MAX_TICKS = 12  # up to this many swept values get their own x tick label
 
 
