@@ -77,7 +77,7 @@ def test_on_device_batches_copy_nothing_from_the_host_per_step(setup):
         for step in range(1, PER_EPOCH):
             device(step)
         with pytest.raises(Exception, match="Disallowed host-to-device"):  # the guard bites
-            take_batch(x, device.perm, jax.device_put(np.int32(0)), B)
+            take_batch(x, device.order, jax.device_put(np.int32(0)), B)
 
 
 def test_auto_chooses_by_device_memory(setup):

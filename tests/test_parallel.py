@@ -112,6 +112,7 @@ def runs(tmp_path_factory) -> Path:
             fresh("shard4", w),
             fresh("pmap4", w, "parallel.backend=pmap"),
             fresh("shard4_k4", w, "training.steps_per_call=4", "logging.every_steps=11"),
+            fresh("pmap4_k4", w, "parallel.backend=pmap", "training.steps_per_call=4"),
             fresh("one", w, "parallel.num_devices=1"),
             fresh("one_long", w, "parallel.num_devices=1", "training.epochs=2"),
         ],
@@ -143,14 +144,16 @@ def test_same_losses_and_params_on_any_device_count_and_backend(runs, other):
     assert_close_trees(final_state_on_one_device(runs / "checkpoints" / other), reference)
 
 
-def test_steps_per_call_on_four_devices_equals_single_steps(runs):
-    """4-step calls (logging every 11 steps, so calls and single steps mix) on 4 devices."""
+@pytest.mark.parametrize("k4, k1", [("shard4_k4", "shard4"), ("pmap4_k4", "pmap4")])
+def test_steps_per_call_on_four_devices_equals_single_steps(runs, k4, k1):
+    """4-step calls on 4 devices, both backends (shard_map: logging every 11 steps, so calls
+    and single steps mix)."""
     np.testing.assert_array_equal(
-        history(runs, "shard4_k4", "val", "elbo"), history(runs, "shard4", "val", "elbo")
+        history(runs, k4, "val", "elbo"), history(runs, k1, "val", "elbo")
     )
-    reference = final_state_on_one_device(runs / "checkpoints" / "shard4")
-    k4 = final_state_on_one_device(runs / "checkpoints" / "shard4_k4")
-    for x, y in zip(jax.tree.leaves(k4), jax.tree.leaves(reference), strict=True):
+    reference = final_state_on_one_device(runs / "checkpoints" / k1)
+    state = final_state_on_one_device(runs / "checkpoints" / k4)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(x, y)
 
 

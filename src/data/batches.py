@@ -31,7 +31,7 @@ from src.data.pipeline import epoch_permutation, take_batch
 
 
 class DeviceBatches:
-    """The whole training split on the device; the batch of a step is gathered on device."""
+    """The whole training split on the device; the batches of a call are gathered on device."""
 
     on_device = True
 
@@ -48,8 +48,9 @@ class DeviceBatches:
         # Each device gathers the batch from its own replica and keeps its rows: no data
         # crosses devices or hosts. (take_batch is looked up at call time: tests patch it.)
         self.split = jax.jit(lambda batch: batch, out_shardings=sharding)
-        self.perm: jax.Array | None = None
-        self.perm_epoch = -1
+        self.perms: dict[int, jax.Array] = {}  # epoch -> its order, for the current and next
+        self.order: jax.Array | None = None
+        self.order_epoch = -1
 
     def __call__(self, step: int) -> jax.Array:
         return self.split(self.chunk(step, 1))
@@ -57,21 +58,29 @@ class DeviceBatches:
     def chunk(self, step: int, n: int) -> jax.Array:
         """The batches of steps step .. step + n - 1: [n * batch_size, ...].
 
-        Replicated like the resident split (each step's shard_map takes its rows locally);
-        n > 1 serves a multi-step call (training.steps_per_call): one gather, or one per epoch
-        when the steps cross into the next epoch's permutation.
+        Replicated like the resident split (each step's shard_map takes its rows locally).
+        One gather of fixed size from the used rows of this epoch's order followed by the next
+        epoch's, so a call that crosses into the next epoch (training.steps_per_call) costs the
+        same and compiles nothing new; n beyond the next epoch is split up.
         """
         epoch, position = divmod(step, self.per_epoch)
-        if position + n > self.per_epoch:
+        if position + n > 2 * self.per_epoch:
             head = self.per_epoch - position
             return jnp.concatenate([self.chunk(step, head), self.chunk(step + head, n - head)])
-        if epoch != self.perm_epoch:
-            self.perm = epoch_permutation(self.data_key, epoch, len(self.x))
-            self.perm_epoch = epoch
-        assert self.perm is not None
-        # The only per-step copy is this explicit 4-byte offset; images never leave the device.
+        if epoch != self.order_epoch:
+            used = self.per_epoch * self.batch_size  # the rest of an epoch's order is dropped
+            self.order = jnp.concatenate([self._perm(epoch)[:used], self._perm(epoch + 1)[:used]])
+            self.order_epoch = epoch
+        assert self.order is not None
+        # The only per-call copy is this explicit 4-byte offset; images never leave the device.
         start = jax.device_put(np.int32(position * self.batch_size), self.x.sharding)
-        return take_batch(self.x, self.perm, start, n * self.batch_size)
+        return take_batch(self.x, self.order, start, n * self.batch_size)
+
+    def _perm(self, epoch: int) -> jax.Array:
+        if epoch not in self.perms:
+            self.perms = {e: p for e, p in self.perms.items() if e >= epoch - 1}
+            self.perms[epoch] = epoch_permutation(self.data_key, epoch, len(self.x))
+        return self.perms[epoch]
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""

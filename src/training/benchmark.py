@@ -7,8 +7,9 @@ Three measurements, each in this process on the same device:
 - the real loop: train_and_evaluate on the config in a temporary workdir, its steady-state
   rate taken from the train records' examples_per_sec (which leave out eval and checkpoint
   time); with training.steps_per_call K > 1 also at K = 1, runs alternated;
-- one model_last save of the trained state, timed alone (the loop's share of checkpointing
-  follows from it and checkpoint.every_steps);
+- one model_last save of the trained state, timed alone, and the cost of a save inside the
+  loop (background writes competing with training included): the loop saving about 20 times
+  against saving only at the end, alternated; its share at checkpoint.every_steps follows;
 - the ceiling: a float32 matmul of size x size, whose best rate is what this device can do.
 
 MFU = (XLA FLOPs per step x bare steps/s) / ceiling. XLA counts a multiply-add as 2 FLOPs, as
@@ -78,8 +79,8 @@ def xla_flops(compiled: Any) -> float | None:
 def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, Any]:
     """Builds the train step as the loop does, AOT-compiles it and times it on one batch.
 
-    Also measures the work the loop does per single step outside the compiled step (gathering
-    the batch and deriving the key, waited for), and the time of one model_last save (the part
+    Also measures the work the loop does per single step outside the compiled call (gathering
+    the batch, waited for), and the time of one model_last save (the part
     the loop waits for, and until it is on disk).
     """
     tcfg = cfg.training
@@ -134,11 +135,11 @@ def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, A
         jax.block_until_ready((state, metrics))
         rates.append(steps / (time.perf_counter() - tic))
 
-    # What the loop does per single step besides the step: gather the batch, derive the key.
+    # What the loop does per single-step call besides the call: gather the batch.
     host = []
     for s in range(steps):
         tic = time.perf_counter()
-        jax.block_until_ready((batches(s % per_epoch), jax.random.fold_in(keys["train"], s)))
+        jax.block_until_ready(batches.chunk(s % per_epoch, 1))
         host.append(time.perf_counter() - tic)
     batches.close()
 
@@ -255,22 +256,38 @@ def run_benchmark(
         cfg, [f"training.epochs={epochs}", "logging.console=false", "logging.tensorboard=false"]
     )
     k = cfg.training.steps_per_call
+    total = epochs * per_epoch
     single_cfg = with_overrides(loop_cfg, ["training.steps_per_call=1"])
-    loops, singles = [], []
+    # Checkpoint cost in the loop, background writes included: the same run saving often
+    # (about 20 times, at multiples of K) against saving only at the end.
+    save_every = max(k, total // 20 // k * k)
+    often_cfg = with_overrides(loop_cfg, [f"checkpoint.every_steps={save_every}"])
+    rarely_cfg = with_overrides(loop_cfg, [f"checkpoint.every_steps={total}"])
+    loops, singles, often, rarely = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats):
+        for r in range(repeats):  # alternated, so that every variant sees the same load
             loops.append(loop_run(loop_cfg, Path(tmp), f"loop{r}"))
-            if k > 1:  # alternated with the K-step runs, so both see the same machine load
+            if k > 1:
                 singles.append(loop_run(single_cfg, Path(tmp), f"single{r}"))
+            often.append(loop_run(often_cfg, Path(tmp), f"often{r}"))
+            rarely.append(loop_run(rarely_cfg, Path(tmp), f"rarely{r}"))
     loop_rate = statistics.median(x["steps_per_s"] for x in loops)
     single_rate = statistics.median(x["steps_per_s"] for x in singles) if singles else None
+    saves = -(-total // save_every) - 1  # the final save is common to both
+    per_save = None
+    if saves > 0:
+        often_s = statistics.median(x["wall_s"] for x in often)
+        per_save = (often_s - statistics.median(x["wall_s"] for x in rarely)) / saves
     ceiling = matmul_ceiling(matmul_size, repeats)
     flops = bare["flops_per_step"]
     achieved = flops * bare["steps_per_s"] if flops is not None else None
     every = cfg.checkpoint.every_steps
 
-    def share(save_s: float) -> float:
-        return save_s / (save_s + every / loop_rate)
+    def share(save_s: float | None) -> float | None:
+        """Share of wall time of one save per `every` steps (a negative estimate counts as 0)."""
+        if save_s is None:
+            return None
+        return max(save_s, 0.0) / (max(save_s, 0.0) + every / loop_rate)
 
     memory = jax.devices()[0].memory_stats() or {}
     return {
@@ -297,12 +314,18 @@ def run_benchmark(
             "speedup_vs_k1": loop_rate / single_rate if single_rate else None,
             "runs_k1": singles,
         },
-        # One save per checkpoint.every_steps steps of the steady-state loop: the share of wall
-        # time is at least the blocking part, and at most the whole save if the background
-        # write overlapped nothing (on 2 cores it competes with the step for the CPU).
+        # One save (model_last, and model_best if it changed) per checkpoint.every_steps steps
+        # of the steady-state loop, at the cost per save measured in the loop.
         "checkpoint_every_steps": every,
-        "checkpoint_share_blocking": share(bare["checkpoint_save_blocking_s"]),
-        "checkpoint_share_upper_bound": share(bare["checkpoint_save_total_s"]),
+        "checkpoint_ab": {
+            "every_steps": save_every,
+            "saves": saves,
+            "wall_s_saving_often": [x["wall_s"] for x in often],
+            "wall_s_saving_at_end": [x["wall_s"] for x in rarely],
+            "seconds_per_save": per_save,
+        },
+        "checkpoint_share": share(per_save),
+        "checkpoint_share_blocking_only": share(bare["checkpoint_save_blocking_s"]),
         "iwae": iwae_seconds(cfg, iwae_images) if iwae_images else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_device_bytes": memory.get("peak_bytes_in_use"),

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -155,11 +156,13 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     eval_step = make_eval_step(graphdef, **step_args)
     # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
     k = tcfg.steps_per_call
-    multi_step = make_multi_step(train_step, tcfg.nan_policy, batch_size)
+    run_steps = make_multi_step(train_step, tcfg.nan_policy, batch_size, mesh)
     boundaries = (cfg.logging.every_steps, cfg.eval.every_steps, cfg.checkpoint.every_steps)
 
+    pending_best: tuple[int, Any, dict[str, Any]] | None = None
+
     def validate(step: int) -> None:
-        nonlocal best
+        nonlocal best, pending_best
         canonical = from_backend(state, mesh, backend)
         metrics = evaluate_split(
             eval_step,
@@ -173,13 +176,27 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         value = metrics[cfg.checkpoint.best_metric]
         if is_better(value, best, cfg.checkpoint.best_mode):
             best = value
-            recorder.set_best(step, cfg.checkpoint.best_metric, value)
-            if step in best_manager.all_steps():  # left by a run that died ahead of its model_last
-                best_manager.delete(step)
-            checkpoint.save(best_manager, step, canonical, {"step": step, "val": metrics})
+            # Held on the device until the next model_last save writes it: one save per
+            # checkpoint interval at most, however often validation improves. (A copy: the
+            # next step donates the state.)
+            pending_best = (step, jax.tree.map(jnp.copy, canonical), metrics)
+
+    def save_best() -> None:
+        """Writes the best state validated since the last save to model_best."""
+        nonlocal pending_best
+        if pending_best is None:
+            return
+        step, best_state, metrics = pending_best
+        if step in best_manager.all_steps():  # left by a run that died ahead of its model_last
+            best_manager.delete(step)
+        checkpoint.save(best_manager, step, best_state, {"step": step, "val": metrics})
+        recorder.set_best(step, cfg.checkpoint.best_metric, metrics[cfg.checkpoint.best_metric])
+        pending_best = None
 
     def save_last(step: int) -> None:
-        """model_last at step with the open logging interval, unless that step is saved already."""
+        """model_best if it changed, then model_last at step with the open logging interval
+        (unless that step is saved already)."""
+        save_best()
         if last_manager.latest_step() != step:
             meta = {"step": step, "train_interval": accum.to_json(interval, elapsed())}
             checkpoint.save(last_manager, step, from_backend(state, mesh, backend), meta)
@@ -187,9 +204,28 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     def elapsed() -> float:
         return interval.seconds + time.perf_counter() - tic
 
-    # --- Loop.
+    # --- Loop: no host work per step beyond dispatch; results are read at boundaries only.
     step = int(state.step)
     state = to_backend(state, mesh, backend)
+    last: dict[str, jax.Array] | None = None  # loss and grad_norm of the latest step
+
+    def check_stop() -> dict[str, Any] | None:
+        """nan_policy stop: the failure, if a step since the last check was non-finite.
+
+        Such a step left state.step behind and made the later steps no-ops (multistep.py);
+        rewinds `step` and the interval to the last good step. Waits for the steps to finish.
+        """
+        nonlocal step, interval
+        if tcfg.nan_policy != "stop":
+            return None
+        applied = applied_steps(state)
+        if applied == step:
+            return None
+        interval = interval._replace(steps=interval.steps - (step - applied))
+        step = applied
+        assert last is not None  # a step has run
+        return nonfinite_failure(step + 1, last)
+
     recorder.update(status="running")
     started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
     tic = time.perf_counter()
@@ -197,29 +233,21 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     try:
         with StopRequest() as stop:
             while step < total_steps and stop.signum is None:
-                if steps_until_boundary(step, boundaries, total_steps) >= k > 1:
-                    # K steps in one call; it stops early on a non-finite step (nan_policy stop).
-                    state, sums, done, last = multi_step(
-                        state, interval.sums, batches.chunk(step, k), keys["train"], step
-                    )
-                    taken = int(done) if tcfg.nan_policy == "stop" else k
-                    interval = accum.Interval(sums, interval.steps + taken, interval.seconds)
-                    step += taken
-                    if taken < k:
-                        failure = nonfinite_failure(step + 1, last)
-                        break
-                else:
-                    batch = batches(step)
-                    state, metrics = train_step(
-                        state, batch, jax.random.fold_in(keys["train"], step)
-                    )
-                    # nan_policy stop: the step left the state at the last good step. Reading the
-                    # flag waits for each step; skip needs no wait (the flag is summed instead).
-                    if tcfg.nan_policy == "stop" and float(metrics["nonfinite"]):
-                        failure = nonfinite_failure(step + 1, metrics)
-                        break
-                    interval = accum.add(interval, metrics)
-                    step += 1
+                n = k if steps_until_boundary(step, boundaries, total_steps) >= k else 1
+                previous = last
+                state, sums, last = run_steps(
+                    state, interval.sums, last, batches.chunk(step, n), keys["train"], step
+                )
+                interval = accum.Interval(sums, interval.steps + n, interval.seconds)
+                step += n
+                # The host may run one call ahead of the device, not more: bounded memory,
+                # and the device never waits for the host.
+                jax.block_until_ready(previous)
+                if not any(step % e == 0 for e in boundaries) and step != total_steps:
+                    continue
+                failure = check_stop()
+                if failure is not None:
+                    break
                 if step % cfg.logging.every_steps == 0 or step == total_steps:
                     means = accum.means(jax.device_get(interval.sums), interval.steps)
                     means["lr"] = float(schedule(step - 1))
@@ -233,6 +261,8 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                     save_last(step)
                 if interval.steps == 0:  # time the next interval from here, excluding eval/saves
                     tic = time.perf_counter()
+            if failure is None:  # stopped by a signal between boundaries
+                failure = check_stop()
             if stop.signum is not None or failure is not None:
                 save_last(step)
             checkpoint.wait(last_manager)
@@ -268,6 +298,11 @@ def nonfinite_failure(step: int, metrics: dict[str, jax.Array]) -> dict[str, Any
     values = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
     bad = [k for k, v in values.items() if not np.isfinite(v)]
     return {"step": step, "reason": "non-finite " + " and ".join(bad), **values}
+
+
+def applied_steps(state: Any) -> int:
+    """state.step on the host; a pmap-stacked state holds one equal copy per device."""
+    return int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
 
 
 def total_skipped(history: list[dict[str, Any]]) -> int:

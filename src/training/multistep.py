@@ -1,11 +1,18 @@
-"""Several train steps in one compiled call (training.steps_per_call = K).
+"""Train steps in compiled calls: the loop's only way to run steps.
 
-One dispatch runs K steps with lax.scan, so the host does per-call rather than per-step work.
-Step s of a call uses the batch and key a single step would (fold_in(train_key, s)) and adds
-its metrics to the logging interval's sums in step order, so parameters, optimizer state and
-float32 interval sums equal those of K single steps. A call never crosses a logging, eval or
-checkpoint boundary (steps_until_boundary); shorter stretches run single steps, so a K that
-divides none of the intervals is handled, not refused. Calls may span two epochs.
+One call runs n steps with lax.scan: n = training.steps_per_call = K where K steps fit before
+the next logging, eval or checkpoint boundary (steps_until_boundary), else n = 1, so a K that
+divides none of the intervals is handled, not refused, and at most two programs are compiled.
+Step s uses the batch and key of its global number (fold_in(train_key, s)) and adds its metrics
+to the logging interval's sums on the device in step order, so parameters, optimizer state
+and float32 sums do not depend on K. Calls may span two epochs.
+
+Nothing in a call needs the host: the loop reads results only at boundaries.
+
+nan_policy stop without a per-step wait: a non-finite step leaves the state at the last good
+step (the step's own guard), so state.step falls behind the step number; every later step,
+in this call or the next ones, sees that and is a no-op. The loop finds the stop at its next
+boundary from state.step, where the run ends exactly as if it had stopped at once.
 """
 
 from __future__ import annotations
@@ -15,14 +22,17 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from src.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
 MultiStepFn = Callable[
-    [TrainState, Metrics | None, jax.Array, jax.Array, int],
-    tuple[TrainState, Metrics, jax.Array, Metrics],
+    [TrainState, Metrics | None, Metrics | None, jax.Array, jax.Array, int],
+    tuple[TrainState, Metrics, Metrics],
 ]
+LAST = ("loss", "grad_norm")  # what the run record reports of the step that stopped a run
 
 
 def steps_until_boundary(step: int, every: Sequence[int], total_steps: int) -> int:
@@ -31,70 +41,74 @@ def steps_until_boundary(step: int, every: Sequence[int], total_steps: int) -> i
 
 
 def make_multi_step(
-    train_step: Callable[..., tuple[TrainState, Metrics]], nan_policy: str, batch_size: int
+    train_step: Callable[..., tuple[TrainState, Metrics]],
+    nan_policy: str,
+    batch_size: int,
+    mesh: Mesh,
 ) -> MultiStepFn:
-    """Builds run_steps(state, sums, batches, train_key, first_step) -> (state, sums, done, last).
+    """Builds run_steps(state, sums, last, batches, train_key, first_step) -> (state, sums, last).
 
     Args of run_steps:
       state: TrainState before step first_step (donated).
       sums: the open logging interval's metric sums, or None for an empty interval.
+      last: loss and grad_norm of the last step run so far, or None at the start.
       batches: [n * batch_size, ...], the batches of steps first_step .. first_step + n - 1.
       train_key: the step-noise stream; step s draws from fold_in(train_key, s).
       first_step: the global step number of the first batch.
-    Returns:
-      the state after the call; sums plus every applied or skipped step's metrics; done, the
-      steps taken (int32; n unless nan_policy stop met a non-finite step); and last, loss and
-      grad_norm of the last step run (with stop, the offending step's, as for a single step).
-
-    nan_policy stop: the non-finite step leaves the state at the last good step (the step's own
-    guard) and the remaining steps of the call are no-ops, so the loop stops where K = 1 would.
+    Returns the state after the call, sums plus the metrics of every applied (or, with
+    nan_policy skip, skipped) step, and last updated by every step run. With nan_policy stop
+    the non-finite step adds nothing to sums (the interval ends at the last good step) and sets
+    last to its values; the no-op steps after it change nothing.
     """
     stop = nan_policy == "stop"
 
-    def run(state: TrainState, sums: Metrics, batches: jax.Array, train_key: jax.Array, first):
+    def run(state: TrainState, sums: Metrics, last: Metrics, batches: jax.Array, train_key, first):
         xs = batches.reshape(-1, batch_size, *batches.shape[1:])
-        last0 = {"loss": jnp.zeros((), jnp.float32), "grad_norm": jnp.zeros((), jnp.float32)}
 
         def one(carry: tuple, inputs: tuple) -> tuple[tuple, None]:
-            state, sums, done, failed, last = carry
+            state, sums, last = carry
             i, x = inputs
 
             def take(_: None) -> tuple:
                 new, metrics = train_step(state, x, jax.random.fold_in(train_key, first + i))
                 bad = metrics["nonfinite"] > 0 if stop else jnp.bool_(False)
-                # A stopped step adds nothing, like the single-step loop that breaks before adding.
                 added = jax.tree.map(lambda s, m: jnp.where(bad, s, s + m), sums, metrics)
-                seen = {k: metrics[k] for k in last}
-                return new, added, done + jnp.where(bad, 0, 1), bad, seen
+                return new, added, {k: metrics[k] for k in LAST}
 
             if not stop:
                 return take(None), None
-            return jax.lax.cond(failed, lambda _: carry, take, None), None
+            # An earlier step was non-finite (any(): a pmap-stacked state holds a step per device).
+            halted = jnp.any(state.step != first + i)
+            return jax.lax.cond(halted, lambda _: carry, take, None), None
 
-        init = (state, sums, jnp.int32(0), jnp.bool_(False), last0)
         steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
-        state, sums, done, _, last = jax.lax.scan(one, init, (steps, xs))[0]
-        return state, sums, done, last
+        return jax.lax.scan(one, (state, sums, last), (steps, xs))[0]
 
     jitted = jax.jit(run, donate_argnums=0)
-    zeros: dict[str, Metrics] = {}
+    zeros: dict[str, tuple[Metrics, Metrics]] = {}
 
     def run_steps(
         state: TrainState,
         sums: Metrics | None,
+        last: Metrics | None,
         batches: jax.Array,
         train_key: jax.Array,
         first_step: int,
-    ) -> tuple[TrainState, Metrics, jax.Array, Metrics]:
-        if sums is None:  # 0 + m == m exactly, so starting from zeros keeps the sums bit-equal
-            if "sums" not in zeros:
-                one_batch = jax.ShapeDtypeStruct((batch_size, *batches.shape[1:]), batches.dtype)
-                shapes = jax.eval_shape(train_step, state, one_batch, train_key)[1]
-                # Placed like the state, as the sums the call returns are: one compilation.
-                zeros["sums"] = jax.device_put(
-                    jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), state.step.sharding
-                )
-            sums = zeros["sums"]
-        return jitted(state, sums, batches, train_key, jnp.int32(first_step))
+    ) -> tuple[TrainState, Metrics, Metrics]:
+        if "start" not in zeros:  # 0 + m == m exactly, so starting from zeros keeps sums bit-equal
+            one_batch = jax.ShapeDtypeStruct((batch_size, *batches.shape[1:]), batches.dtype)
+            shapes = jax.eval_shape(train_step, state, one_batch, train_key)[1]
+            # Replicated over the mesh, as the call's outputs are: one compilation.
+            sharding = NamedSharding(mesh, P())
+            zeros["start"] = jax.device_put(
+                (
+                    jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes),
+                    {k: np.zeros(shapes[k].shape, shapes[k].dtype) for k in LAST},
+                ),
+                sharding,
+            )
+        sums = zeros["start"][0] if sums is None else sums
+        last = zeros["start"][1] if last is None else last
+        return jitted(state, sums, last, batches, train_key, np.int32(first_step))
 
     return run_steps

@@ -57,7 +57,9 @@ def guard_nonfinite(
     nan_policy "skip": the step counter still advances (the next step sees the next batch and
     key) and the metrics of the dropped step are zeroed, so interval sums stay finite.
     nan_policy "stop": the whole state stays at old, the last good step, and the metrics keep
-    the offending values for the run record; the loop then stops.
+    the offending values for the run record. Because state.step then lags behind the step
+    number, the later steps of the run are no-ops (src/training/multistep.py) until the loop
+    sees the lag at its next boundary and stops.
     Adds metrics["nonfinite"] (float32 0 or 1). A finite step returns new unchanged.
     """
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])

@@ -283,12 +283,6 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
-    if cfg["training"]["steps_per_call"] > 1 and cfg["parallel"]["backend"] != "shard_map":
-        raise ConfigError(
-            f"training.steps_per_call={cfg['training']['steps_per_call']} needs "
-            f"parallel.backend=shard_map (got {cfg['parallel']['backend']}); use "
-            "training.steps_per_call=1 with pmap"
-        )
     synthetic = cfg["data"]["synthetic"]
     likelihood = cfg["model"]["likelihood"]
     if (
