@@ -157,3 +157,27 @@ def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
     _, run_dir = train_tiny(tmp_path, "y", tiny_overrides)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["hidden_dims"] == [32]
+
+
+def test_train_records_are_written_at_most_every_write_interval(tmp_path):
+    """metrics.json is rewritten for a train record only when write_every_secs have passed;
+    save() (validation, checkpoints, the end) always writes."""
+    from src.utils.recorder import Recorder
+
+    path = tmp_path / "metrics.json"
+    recorder = Recorder(
+        path,
+        tmp_path / "logs",
+        {"run_id": "r"},
+        tensorboard=False,
+        console=False,
+        write=True,
+        resume=False,
+        write_every_secs=3600.0,
+    )
+    recorder.log(10, "train", {"loss": 1.0})
+    assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10]
+    recorder.log(20, "train", {"loss": 0.5})
+    assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10]
+    recorder.save()
+    assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10, 20]

@@ -6,6 +6,7 @@ Sections: keys, data, devices, model and optimizer, run record, checkpoints, ste
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -115,6 +116,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         console=cfg.logging.console,
         write=writer,
         resume=resume,
+        write_every_secs=cfg.logging.record_every_secs,
     )
     recorder.truncate(int(state.step))
     recorder.update(best=None, skipped_steps=total_skipped(recorder.data["history"]))
@@ -173,6 +175,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             cfg.eval.active_threshold,
         )
         recorder.log(step, "val", metrics)
+        recorder.save()
         value = metrics[cfg.checkpoint.best_metric]
         if is_better(value, best, cfg.checkpoint.best_mode):
             best = value
@@ -197,6 +200,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         """model_best if it changed, then model_last at step with the open logging interval
         (unless that step is saved already)."""
         save_best()
+        recorder.save()  # metrics.json is never older than model_last (a resume relies on it)
         if last_manager.latest_step() != step:
             meta = {"step": step, "train_interval": accum.to_json(interval, elapsed())}
             checkpoint.save(last_manager, step, from_backend(state, mesh, backend), meta)
@@ -229,6 +233,14 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
     recorder.update(status="running")
     started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
     tic = time.perf_counter()
+
+    def untimed(task: Callable[[int], None], step: int) -> None:
+        """Runs task(step) without counting its time in the interval's examples_per_sec."""
+        nonlocal tic
+        started = time.perf_counter()
+        task(step)
+        tic += time.perf_counter() - started
+
     failure: dict[str, Any] | None = None
     try:
         with StopRequest() as stop:
@@ -252,15 +264,16 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                     means = accum.means(jax.device_get(interval.sums), interval.steps)
                     means["lr"] = float(schedule(step - 1))
                     means["examples_per_sec"] = interval.steps * batch_size / elapsed()
+                    # The next interval's time starts here: it includes this logging, not
+                    # validation or checkpoint saves.
+                    tic = time.perf_counter()
+                    interval = accum.EMPTY
                     recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
                     recorder.update(skipped_steps=total_skipped(recorder.data["history"]))
-                    interval = accum.EMPTY
                 if step % cfg.eval.every_steps == 0 or step == total_steps:
-                    validate(step)
+                    untimed(validate, step)
                 if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
-                    save_last(step)
-                if interval.steps == 0:  # time the next interval from here, excluding eval/saves
-                    tic = time.perf_counter()
+                    untimed(save_last, step)
             if failure is None:  # stopped by a signal between boundaries
                 failure = check_stop()
             if stop.signum is not None or failure is not None:

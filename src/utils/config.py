@@ -72,6 +72,7 @@ NON_NEGATIVE = {
     "data.synthetic.noise_std",
     "parallel.num_processes",
     "compile.min_compile_secs",
+    "logging.record_every_secs",
 }
 PROBABILITY = {
     "data.val_fraction",

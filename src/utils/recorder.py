@@ -1,9 +1,18 @@
-"""The run's metric record: metrics.json (atomic, always current), TensorBoard and the console."""
+"""The run's metric record: metrics.json (atomic), TensorBoard and the console.
+
+metrics.json holds the whole history, so rewriting it after every train record would cost
+O(records) each time, O(records^2) over a run, plus an fsync per record. Train records are
+therefore written at most every `write_every_secs` seconds; the loop forces a write
+(save()) after validation, before every model_last save, and at the end. So the file is
+never older than the newest checkpoint, which is what a resumed run relies on: it keeps the
+records up to that checkpoint's step and replays the rest.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +50,12 @@ class Recorder:
         console: bool,
         write: bool,
         resume: bool,
+        write_every_secs: float,
     ):
         self.path = metrics_path
         self.write = write
+        self.write_every_secs = write_every_secs
+        self.written_at = -math.inf
         self.console = console and write
         self.data: dict[str, Any] = {
             **header,
@@ -90,7 +102,8 @@ class Recorder:
                 if k not in ("split", *VECTOR_KEYS) and isinstance(v, int | float)
             )
             print(f"[{split:5s}] {shown}", file=sys.stderr, flush=True)
-        self.save()
+        if time.monotonic() - self.written_at >= self.write_every_secs:
+            self.save()
 
     def set_best(self, step: int, metric: str, value: float) -> None:
         self.data["best"] = {"step": step, "metric": metric, "value": value}
@@ -99,6 +112,8 @@ class Recorder:
         self.data.update(fields)
 
     def save(self) -> None:
+        """Writes metrics.json now."""
+        self.written_at = time.monotonic()
         if self.write:
             try:
                 atomic_write_json(self.path, self.data)
