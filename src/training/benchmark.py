@@ -1,19 +1,21 @@
 """Speed of one config measured against the machine: the numbers scripts/benchmark.py writes.
 
-Three measurements, each in this process on the same device:
+The measurements, each in this process on the same device:
 
 - the bare step: the AOT-compiled train step called back to back on one resident batch
   (compile time and XLA's FLOP count come from the same compilation);
 - the real loop: train_and_evaluate on the config in a temporary workdir, its steady-state
-  rate taken from the train records' examples_per_sec (which leave out eval and checkpoint
-  time); with training.steps_per_call K > 1 also at K = 1, runs alternated;
-- one model_last save of the trained state, timed alone, and the cost of a save inside the
-  loop (background writes competing with training included): the loop saving about 20 times
-  against saving only at the end, alternated; its share at checkpoint.every_steps follows;
+  rate taken from the train records' examples_per_sec (training and logging; validation and
+  checkpoint saves left out); with training.steps_per_call K > 1 also at K = 1;
+- the cost of a checkpoint save inside the loop (background writes competing with training
+  included): the loop saving about 20 times against saving only at the end; its share at
+  checkpoint.every_steps follows. Also one model_last save timed alone;
 - the ceiling: a float32 matmul of size x size, whose best rate is what this device can do.
 
+Each repeat times the bare step and then runs every loop variant, so that all of them see
+the same machine load; medians over `repeats` are reported (the machine may be shared).
 MFU = (XLA FLOPs per step x bare steps/s) / ceiling. XLA counts a multiply-add as 2 FLOPs, as
-the matmul's 2 n^3 does. Timings are medians over `repeats` runs; the machine may be shared.
+the matmul's 2 n^3 does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +79,12 @@ def xla_flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None else None
 
 
-def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, Any]:
-    """Builds the train step as the loop does, AOT-compiles it and times it on one batch.
+def bare_step(
+    cfg: Any, steps: int, repeats: int, started: float
+) -> tuple[dict[str, Any], Callable[[], float]]:
+    """Builds the train step as the loop does and AOT-compiles it; returns the measurements
+    and time_steps(), which times the compiled step on one batch (called by run_benchmark
+    between the loop runs, so that both see the same machine load).
 
     Also measures the work the loop does per single step outside the compiled call (gathering
     the batch, waited for), and the time of one model_last save (the part
@@ -127,13 +134,15 @@ def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, A
     time_to_first_step = time.perf_counter() - started
 
     step_keys = [jax.random.fold_in(keys["train"], s) for s in range(steps)]
-    rates = []
-    for _ in range(repeats):
+
+    def time_steps() -> float:
+        """Steps per second of `steps` back-to-back calls of the compiled step."""
+        nonlocal state, metrics
         tic = time.perf_counter()
         for k in step_keys:
             state, metrics = compiled(state, batch, k)
         jax.block_until_ready((state, metrics))
-        rates.append(steps / (time.perf_counter() - tic))
+        return steps / (time.perf_counter() - tic)
 
     # What the loop does per single-step call besides the call: gather the batch.
     host = []
@@ -145,20 +154,18 @@ def bare_step(cfg: Any, steps: int, repeats: int, started: float) -> dict[str, A
 
     saves = checkpoint_seconds(state, repeats)
     flops = xla_flops(compiled)
-    return {
+    measured = {
         "param_count": param_count(state.params),
         "steps_per_epoch": per_epoch,
         "setup_s": setup_s,
         "lower_s": lower_s,
         "compile_s": compile_s,
         "time_to_first_step_s": time_to_first_step,
-        "steps_per_s": statistics.median(rates),
-        "steps_per_s_runs": rates,
-        "examples_per_s": statistics.median(rates) * tcfg.batch_size,
         "host_s_per_step": statistics.median(host),
         "flops_per_step": flops,
         **saves,
     }
+    return measured, time_steps
 
 
 def checkpoint_seconds(state: Any, repeats: int) -> dict[str, float]:
@@ -249,7 +256,7 @@ def run_benchmark(
 
     iwae_images > 0 also times the IWAE evaluation on that many test images.
     """
-    bare = bare_step(cfg, steps, repeats, started)
+    bare, time_steps = bare_step(cfg, steps, repeats, started)
     per_epoch = bare["steps_per_epoch"]
     epochs = max(1, -(-steps // per_epoch))
     loop_cfg = with_overrides(
@@ -263,14 +270,21 @@ def run_benchmark(
     save_every = max(k, total // 20 // k * k)
     often_cfg = with_overrides(loop_cfg, [f"checkpoint.every_steps={save_every}"])
     rarely_cfg = with_overrides(loop_cfg, [f"checkpoint.every_steps={total}"])
-    loops, singles, often, rarely = [], [], [], []
+    bares, loops, singles, often, rarely = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # alternated, so that every variant sees the same load
+            bares.append(time_steps())
             loops.append(loop_run(loop_cfg, Path(tmp), f"loop{r}"))
             if k > 1:
                 singles.append(loop_run(single_cfg, Path(tmp), f"single{r}"))
             often.append(loop_run(often_cfg, Path(tmp), f"often{r}"))
             rarely.append(loop_run(rarely_cfg, Path(tmp), f"rarely{r}"))
+    bare_rate = statistics.median(bares)
+    bare.update(
+        steps_per_s=bare_rate,
+        steps_per_s_runs=bares,
+        examples_per_s=bare_rate * cfg.training.batch_size,
+    )
     loop_rate = statistics.median(x["steps_per_s"] for x in loops)
     single_rate = statistics.median(x["steps_per_s"] for x in singles) if singles else None
     saves = -(-total // save_every) - 1  # the final save is common to both
