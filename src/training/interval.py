@@ -11,23 +11,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
 class Interval(NamedTuple):
-    sums: dict[str, jax.Array] | None  # per-metric sums over the interval's steps; None if empty
+    # per-metric sums over the interval's steps, added on the device by the compiled call
+    # (src/training/multistep.py); None if empty
+    sums: dict[str, jax.Array] | None
     steps: int  # steps in the interval, skipped ones included
     seconds: float  # wall clock of those steps spent before the current timer started
 
 
 EMPTY = Interval(None, 0, 0.0)
-
-
-def add(interval: Interval, metrics: dict[str, jax.Array]) -> Interval:
-    """Adds one step's metrics on the device (no host sync)."""
-    sums = metrics if interval.sums is None else jax.tree.map(jnp.add, interval.sums, metrics)
-    return Interval(sums, interval.steps + 1, interval.seconds)
 
 
 def means(sums: dict[str, Any], count: int) -> dict[str, Any]:
