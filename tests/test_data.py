@@ -402,3 +402,18 @@ def test_gzip_helper_writes_reproducible_bytes(tmp_path: Path):
     for f in (tmp_path / "a").iterdir():
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
         assert gzip.decompress(f.read_bytes())[:2] == b"\0\0"
+
+
+# --- digits ----------------------------------------------------------------------------------
+
+
+def test_digits_read_from_the_shipped_csv_equal_sklearns_loader():
+    """The default data skips importing sklearn.datasets; the pixels must be the same."""
+    from sklearn.datasets import load_digits
+
+    from src.data.sources import load_digits_images
+
+    images = load_digits_images(data_cfg("digits")).train
+    expected = load_digits().images.astype(np.float32)[..., None] / 16.0
+    assert images.dtype == np.float32 and images.shape == (1797, 8, 8, 1)
+    np.testing.assert_array_equal(images, expected)
