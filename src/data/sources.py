@@ -37,7 +37,8 @@ def load_digits_images(cfg: Any) -> Dataset:
     importing sklearn.datasets: that import alone takes 1 to 2 s of every run's start.
     """
     spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
-    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec else None
+    origin = spec.origin if spec else None
+    csv = Path(origin).parent / "datasets" / "data" / "digits.csv.gz" if origin else None
     if csv is not None and csv.is_file():
         with gzip.open(csv, "rt") as f:
             pixels = np.loadtxt(f, delimiter=",")[:, :-1]  # the last column is the label
