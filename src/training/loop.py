@@ -174,8 +174,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             keys["eval"],
             cfg.eval.active_threshold,
         )
-        recorder.log(step, "val", metrics)
-        recorder.save()
+        recorder.log(step, "val", metrics)  # written at once, unlike train records
         value = metrics[cfg.checkpoint.best_metric]
         if is_better(value, best, cfg.checkpoint.best_mode):
             best = value

@@ -2,8 +2,9 @@
 
 metrics.json holds the whole history, so rewriting it after every train record would cost
 O(records) each time, O(records^2) over a run, plus an fsync per record. Train records are
-therefore written at most every `write_every_secs` seconds; the loop forces a write
-(save()) after validation, before every model_last save, and at the end. So the file is
+therefore written at most every `write_every_secs` seconds; other records (validation) are
+written at once, and the loop forces a write (save()) before every model_last save and at the
+end. So the file is
 never older than the newest checkpoint, which is what a resumed run relies on: it keeps the
 records up to that checkpoint's step and replays the rest.
 """
@@ -102,7 +103,7 @@ class Recorder:
                 if k not in ("split", *VECTOR_KEYS) and isinstance(v, int | float)
             )
             print(f"[{split:5s}] {shown}", file=sys.stderr, flush=True)
-        if time.monotonic() - self.written_at >= self.write_every_secs:
+        if split != "train" or time.monotonic() - self.written_at >= self.write_every_secs:
             self.save()
 
     def set_best(self, step: int, metric: str, value: float) -> None:
