@@ -26,19 +26,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
 from src.models.registry import build_model
 from src.training.loop import derive_keys, train_and_evaluate
 from src.training.optim import build_optimizer
-from src.training.state import init_state, param_count, split_model
+from src.training.state import TrainState, init_state, param_count, split_model
 from src.training.step import make_train_step
 from src.utils import checkpoint
 from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
@@ -79,26 +80,26 @@ def xla_flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None else None
 
 
-def bare_step(
-    cfg: Any, steps: int, repeats: int, started: float
-) -> tuple[dict[str, Any], Callable[[], float]]:
-    """Builds the train step as the loop does and AOT-compiles it; returns the measurements
-    and time_steps(), which times the compiled step on one batch (called by run_benchmark
-    between the loop runs, so that both see the same machine load).
+class StepSetup(NamedTuple):
+    keys: dict[str, jax.Array]
+    batches: Any  # DeviceBatches or StreamedBatches, as data.on_device chooses
+    steps_per_epoch: int
+    mesh: Mesh
+    state: TrainState  # replicated over the mesh
+    train_step: Callable[..., Any]  # jax.jit(train_step)(state, batch, key)
 
-    Also measures the work the loop does per single step outside the compiled call (gathering
-    the batch, waited for), and the time of one model_last save (the part
-    the loop waits for, and until it is on disk).
-    """
+
+def build_step(cfg: Any) -> StepSetup:
+    """The data, initial state and train step of cfg as the loop builds them (shard_map)."""
     tcfg = cfg.training
-    keys = derive_keys(tcfg.seed)
-    splits = load_splits(cfg.data)
-    per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
     if cfg.parallel.backend != "shard_map":  # the pmap step is not one jitted function
         raise ConfigError(
             f"benchmark.py: parallel.backend={cfg.parallel.backend} is not supported; "
             "use parallel.backend=shard_map"
         )
+    keys = derive_keys(tcfg.seed)
+    splits = load_splits(cfg.data)
+    per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
     batches = make_batches(
         splits.train, keys["data"], tcfg.batch_size, per_epoch, split_on_devices(mesh), cfg.data
@@ -118,6 +119,21 @@ def bare_step(
         dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,
     )
+    return StepSetup(keys, batches, per_epoch, mesh, state, train_step)
+
+
+def bare_step(
+    cfg: Any, steps: int, repeats: int, started: float
+) -> tuple[dict[str, Any], Callable[[], float]]:
+    """Builds the train step as the loop does and AOT-compiles it; returns the measurements
+    and time_steps(), which times the compiled step on one batch (called by run_benchmark
+    between the loop runs, so that both see the same machine load).
+
+    Also measures the work the loop does per single step outside the compiled call (gathering
+    the batch, waited for), and the time of one model_last save (the part
+    the loop waits for, and until it is on disk).
+    """
+    keys, batches, per_epoch, _, state, train_step = build_step(cfg)
     batch = batches(0)
     key = jax.random.fold_in(keys["train"], 0)
     setup_s = time.perf_counter() - started

@@ -15,44 +15,15 @@ from src.utils.reproducibility import configure_determinism  # noqa: E402
 configure_determinism()
 
 import jax  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from src.data.batches import make_batches  # noqa: E402
-from src.data.pipeline import load_splits, steps_per_epoch  # noqa: E402
-from src.models.registry import build_model  # noqa: E402
-from src.training.loop import derive_keys  # noqa: E402
+from src.training.benchmark import build_step  # noqa: E402
 from src.training.multistep import make_multi_step  # noqa: E402
-from src.training.optim import build_optimizer  # noqa: E402
-from src.training.state import init_state, split_model  # noqa: E402
-from src.training.step import make_train_step  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
-from src.utils.parallel import make_mesh, replicated, select_devices, split_on_devices  # noqa: E402
 
 cfg = load_config(f"configs/experiment/{sys.argv[1]}.yaml")
 t = cfg.training
-keys = derive_keys(t.seed)
-splits = load_splits(cfg.data)
-per_epoch = steps_per_epoch(len(splits.train), t.batch_size)
-mesh = make_mesh(select_devices(cfg.parallel.num_devices, t.batch_size))
-batches = make_batches(
-    splits.train, keys["data"], t.batch_size, per_epoch, split_on_devices(mesh), cfg.data
-)
-model = build_model(cfg.model, splits.train.shape[1:], nnx.Rngs(params=keys["init"]))
-graphdef, params = split_model(model)
-tx, schedule = build_optimizer(cfg.optimizer, t.lr, t.epochs * per_epoch)
-state = jax.device_put(init_state(params, tx), replicated(mesh))
-step = make_train_step(
-    graphdef,
-    tx,
-    schedule,
-    mesh,
-    backend="shard_map",
-    latent_dim=cfg.model.latent_dim,
-    kl=t.kl,
-    dynamic_binarize=cfg.data.binarize == "dynamic",
-    nan_policy=t.nan_policy,
-)
-run_steps = make_multi_step(step, t.nan_policy, t.batch_size, mesh)
+keys, batches, per_epoch, mesh, state, train_step = build_step(cfg)
+run_steps = make_multi_step(train_step, t.nan_policy, t.batch_size, mesh)
 fixed = batches.chunk(0, 1)
 sums = last = None
 STEPS = 400
