@@ -159,9 +159,9 @@ def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
     assert saved["model"]["hidden_dims"] == [32]
 
 
-def test_train_records_are_written_at_most_every_write_interval(tmp_path):
-    """metrics.json is rewritten for a train record only when write_every_secs have passed;
-    save() (validation, checkpoints, the end) always writes."""
+def test_records_are_written_at_most_every_write_interval(tmp_path):
+    """metrics.json is rewritten for a record only when write_every_secs have passed;
+    save() (before checkpoints, at the end) always writes."""
     from src.utils.recorder import Recorder
 
     path = tmp_path / "metrics.json"
@@ -178,6 +178,20 @@ def test_train_records_are_written_at_most_every_write_interval(tmp_path):
     recorder.log(10, "train", {"loss": 1.0})
     assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10]
     recorder.log(20, "train", {"loss": 0.5})
+    recorder.log(20, "val", {"elbo": -3.0})
     assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10]
     recorder.save()
-    assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10, 20]
+    text = path.read_text()
+    assert [r["step"] for r in json.loads(text)["history"]] == [10, 20, 20]
+    # One history record per line, so that the file stays readable.
+    assert sum(line.startswith('    {"step": ') for line in text.splitlines()) == 3
+
+
+def test_metrics_text_is_the_json_of_the_record():
+    from src.utils.recorder import metrics_text
+
+    for data in (
+        {"run_id": "r", "best": None, "final": {}, "history": []},
+        {"run_id": "r", "nan": float("nan"), "history": [{"step": 1, "kl_per_dim": [0.5, 1]}]},
+    ):
+        assert json.dumps(json.loads(metrics_text(data))) == json.dumps(data)

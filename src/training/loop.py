@@ -174,7 +174,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             keys["eval"],
             cfg.eval.active_threshold,
         )
-        recorder.log(step, "val", metrics)  # written at once, unlike train records
+        recorder.log(step, "val", metrics)
         value = metrics[cfg.checkpoint.best_metric]
         if is_better(value, best, cfg.checkpoint.best_mode):
             best = value
@@ -268,7 +268,8 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                     tic = time.perf_counter()
                     interval = accum.EMPTY
                     recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
-                    recorder.update(skipped_steps=total_skipped(recorder.data["history"]))
+                    skipped = recorder.data["skipped_steps"] + means["skipped_steps"]
+                    recorder.update(skipped_steps=skipped)
                 if step % cfg.eval.every_steps == 0 or step == total_steps:
                     untimed(validate, step)
                 if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
@@ -319,8 +320,10 @@ def applied_steps(state: Any) -> int:
 
 def total_skipped(history: list[dict[str, Any]]) -> int:
     """Steps dropped by nan_policy skip so far, from the train records."""
-    return sum(r.get("skipped_steps", 0) for r in history if r["split"] == "train")
+    return int(sum(r.get("skipped_steps", 0) for r in history if r["split"] == "train"))
 
 
-def _scalar(value: np.ndarray) -> Any:
+def _scalar(value: Any) -> Any:
+    if isinstance(value, int):  # counts (skipped_steps) stay integers
+        return value
     return float(value) if np.ndim(value) == 0 else value.tolist()
