@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,55 @@ def test_records_are_written_at_most_every_write_interval(tmp_path):
     assert [r["step"] for r in json.loads(text)["history"]] == [10, 20, 20]
     # One history record per line, so that the file stays readable.
     assert sum(line.startswith('    {"step": ') for line in text.splitlines()) == 3
+
+
+def _tensorboard_events(log_dir: Path) -> list:
+    """The Event protos of the event files in log_dir (TFRecord: length, crc, data, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            events.append(Event.FromString(data[at + 12 : at + 12 + length]))
+            at += 12 + length + 4
+    return events
+
+
+def test_tensorboard_gets_every_value_of_a_record_in_one_event(tmp_path):
+    from src.utils.recorder import Recorder
+
+    recorder = Recorder(
+        tmp_path / "metrics.json",
+        tmp_path / "logs",
+        {"run_id": "r"},
+        tensorboard=True,
+        console=False,
+        write=True,
+        resume=False,
+        write_every_secs=0.0,
+    )
+    recorder.log(40, "train", {"loss": 1.5, "kl_per_dim": [0.25, 2.0, 0.0], "skipped_steps": 0})
+    recorder.log(40, "val", {"elbo": -3.0})
+    recorder.close()
+    records = [e for e in _tensorboard_events(tmp_path / "logs") if e.HasField("summary")]
+    assert [e.step for e in records] == [40, 40]
+    train = {v.tag: v for v in records[0].summary.value}
+    assert sorted(train) == [
+        "train/kl_per_dim",
+        "train/kl_per_dim/0",
+        "train/kl_per_dim/1",
+        "train/kl_per_dim/2",
+        "train/loss",
+        "train/skipped_steps",
+    ]
+    assert train["train/loss"].simple_value == 1.5
+    assert train["train/kl_per_dim/1"].simple_value == 2.0
+    histogram = train["train/kl_per_dim"].histo
+    assert (histogram.num, histogram.min, histogram.max, histogram.sum) == (3, 0.0, 2.0, 2.25)
+    assert [(v.tag, v.simple_value) for v in records[1].summary.value] == [("val/elbo", -3.0)]
 
 
 def test_metrics_text_is_the_json_of_the_record():

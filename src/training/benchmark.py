@@ -4,9 +4,10 @@ The measurements, each in this process on the same device:
 
 - the bare step: the AOT-compiled train step called back to back on one resident batch
   (compile time and XLA's FLOP count come from the same compilation);
-- the real loop: train_and_evaluate on the config in a temporary workdir, its steady-state
-  rate taken from the train records' examples_per_sec (training and logging; validation and
-  checkpoint saves left out); with training.steps_per_call K > 1 also at K = 1;
+- the real loop: train_and_evaluate on the config in a temporary workdir (TensorBoard as
+  configured, console off), its steady-state rate taken from the train records'
+  examples_per_sec (training and logging; validation and checkpoint saves left out); with
+  training.steps_per_call K > 1 also at K = 1;
 - the cost of a checkpoint save inside the loop (background writes competing with training
   included): the loop saving about 20 times against saving only at the end; its share at
   checkpoint.every_steps follows. Also one model_last save timed alone;
@@ -275,9 +276,7 @@ def run_benchmark(
     bare, time_steps = bare_step(cfg, steps, repeats, started)
     per_epoch = bare["steps_per_epoch"]
     epochs = max(1, -(-steps // per_epoch))
-    loop_cfg = with_overrides(
-        cfg, [f"training.epochs={epochs}", "logging.console=false", "logging.tensorboard=false"]
-    )
+    loop_cfg = with_overrides(cfg, [f"training.epochs={epochs}", "logging.console=false"])
     k = cfg.training.steps_per_call
     total = epochs * per_epoch
     single_cfg = with_overrides(loop_cfg, ["training.steps_per_call=1"])

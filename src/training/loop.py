@@ -136,9 +136,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         # On resume this records a changed training.epochs; otherwise it is the same text.
         save_config(cfg, paths.config)
         atomic_write_json(paths.provenance, prov)
-    if recorder.tb is not None:
-        recorder.tb.add_scalar("model/param_count", header["param_count"], 0)
-        recorder.tb.add_scalar("model/model_bytes", header["model_bytes"], 0)
+    recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
 
     # --- Steps.
     step_args = {

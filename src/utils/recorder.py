@@ -88,9 +88,9 @@ class Recorder:
             self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
         self.tb = None
         if tensorboard and write:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import FileWriter  # imported only when used: 0.14 s
 
-            self.tb = SummaryWriter(str(log_dir))
+            self.tb = FileWriter(str(log_dir))
 
     def truncate(self, step: int) -> None:
         """Drops records after step (a resumed run replays them exactly) and recomputes final.
@@ -104,16 +104,7 @@ class Recorder:
         record = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
         self.data["history"].append(record)
         self.data["final"][split] = record
-        if self.tb is not None:
-            for key, value in record.items():
-                if key in ("step", "split"):
-                    continue
-                if key in VECTOR_KEYS:
-                    self.tb.add_histogram(f"{split}/{key}", np.asarray(value), step)
-                    for d, v in enumerate(value):
-                        self.tb.add_scalar(f"{split}/{key}/{d}", v, step)
-                elif isinstance(value, int | float):
-                    self.tb.add_scalar(f"{split}/{key}", value, step)
+        self.tensorboard(step, split, record)
         if self.console:
             shown = " ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -123,6 +114,31 @@ class Recorder:
             print(f"[{split:5s}] {shown}", file=sys.stderr, flush=True)
         if time.monotonic() - self.written_at >= self.write_every_secs:
             self.save()
+
+    def tensorboard(self, step: int, prefix: str, values: dict[str, Any]) -> None:
+        """Writes values as one TensorBoard event: `prefix/key` scalars; a vector key gets a
+        histogram and one `prefix/key/index` scalar per entry.
+
+        One event per record, not one per value: a train record with 16 latent dimensions
+        took about 3 ms through SummaryWriter.add_scalar/add_histogram, host time during
+        which the device idles at the logging boundary.
+        """
+        if self.tb is None:
+            return
+        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.summary import histogram
+
+        def scalar(tag: str, value: float) -> Summary.Value:
+            return Summary.Value(tag=tag, simple_value=value)
+
+        out = []
+        for key, value in values.items():
+            if key in VECTOR_KEYS:  # one bin per entry on average
+                out += histogram(f"{prefix}/{key}", np.asarray(value), bins=len(value)).value
+                out += [scalar(f"{prefix}/{key}/{d}", v) for d, v in enumerate(value)]
+            elif key not in ("step", "split") and isinstance(value, int | float):
+                out.append(scalar(f"{prefix}/{key}", value))
+        self.tb.add_summary(Summary(value=out), global_step=step)
 
     def set_best(self, step: int, metric: str, value: float) -> None:
         self.data["best"] = {"step": step, "metric": metric, "value": value}
