@@ -238,6 +238,17 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         task(step)
         tic += time.perf_counter() - started
 
+    def log_train(step: int, sums: dict[str, jax.Array], steps: int, seconds: float) -> None:
+        means = accum.means(jax.device_get(sums), steps)
+        means["lr"] = float(schedule(step - 1))
+        means["examples_per_sec"] = steps * batch_size / seconds
+        recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
+        recorder.update(skipped_steps=recorder.data["skipped_steps"] + means["skipped_steps"])
+
+    # A train record is written (metrics.json, TensorBoard, console) after the next call has
+    # been dispatched, so that the device computes meanwhile; at once where a validation, a
+    # save or the end follows, which must come after it.
+    unlogged: tuple[int, dict[str, jax.Array], int, float] | None = None
     failure: dict[str, Any] | None = None
     try:
         with StopRequest() as stop:
@@ -247,6 +258,9 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                 state, sums, last = run_steps(
                     state, interval.sums, last, batches.chunk(step, n), keys["train"], step
                 )
+                if unlogged is not None:
+                    log_train(*unlogged)
+                    unlogged = None
                 interval = accum.Interval(sums, interval.steps + n, interval.seconds)
                 step += n
                 # The host may run one call ahead of the device, not more: bounded memory,
@@ -257,21 +271,23 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                 failure = check_stop()
                 if failure is not None:
                     break
+                evaluate = step % cfg.eval.every_steps == 0 or step == total_steps
+                save = step % cfg.checkpoint.every_steps == 0 or step == total_steps
                 if step % cfg.logging.every_steps == 0 or step == total_steps:
-                    means = accum.means(jax.device_get(interval.sums), interval.steps)
-                    means["lr"] = float(schedule(step - 1))
-                    means["examples_per_sec"] = interval.steps * batch_size / elapsed()
+                    unlogged = (step, sums, interval.steps, elapsed())
                     # The next interval's time starts here: it includes this logging, not
                     # validation or checkpoint saves.
                     tic = time.perf_counter()
                     interval = accum.EMPTY
-                    recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
-                    skipped = recorder.data["skipped_steps"] + means["skipped_steps"]
-                    recorder.update(skipped_steps=skipped)
-                if step % cfg.eval.every_steps == 0 or step == total_steps:
+                    if evaluate or save:
+                        log_train(*unlogged)
+                        unlogged = None
+                if evaluate:
                     untimed(validate, step)
-                if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
+                if save:
                     untimed(save_last, step)
+            if unlogged is not None:  # stopped by a signal right after a logging boundary
+                log_train(*unlogged)
             if failure is None:  # stopped by a signal between boundaries
                 failure = check_stop()
             if stop.signum is not None or failure is not None:
