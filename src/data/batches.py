@@ -17,6 +17,7 @@ split is replicated over the same mesh.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from typing import Any
@@ -28,6 +29,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import epoch_permutation, take_batch
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples", "used"))
+def two_epoch_order(data_key: jax.Array, epoch: jax.Array, num_examples: int, used: int):
+    """The first `used` entries of epoch's order followed by those of epoch + 1's.
+
+    One compiled call: as separate eager ops (two permutations, slices, a concatenation) this
+    took about 6 ms of host time per epoch, 20 % of the baseline's 22-step epoch. Integer
+    arithmetic only, so the order is the same as epoch_permutation's, bit for bit.
+    """
+    orders = [epoch_permutation(data_key, e, num_examples)[:used] for e in (epoch, epoch + 1)]
+    return jnp.concatenate(orders)
 
 
 class DeviceBatches:
@@ -48,7 +61,6 @@ class DeviceBatches:
         # Each device gathers the batch from its own replica and keeps its rows: no data
         # crosses devices or hosts. (take_batch is looked up at call time: tests patch it.)
         self.split = jax.jit(lambda batch: batch, out_shardings=sharding)
-        self.perms: dict[int, jax.Array] = {}  # epoch -> its order, for the current and next
         self.order: jax.Array | None = None
         self.order_epoch = -1
 
@@ -69,18 +81,12 @@ class DeviceBatches:
             return jnp.concatenate([self.chunk(step, head), self.chunk(step + head, n - head)])
         if epoch != self.order_epoch:
             used = self.per_epoch * self.batch_size  # the rest of an epoch's order is dropped
-            self.order = jnp.concatenate([self._perm(epoch)[:used], self._perm(epoch + 1)[:used]])
+            self.order = two_epoch_order(self.data_key, np.int32(epoch), len(self.x), used)
             self.order_epoch = epoch
         assert self.order is not None
         # The only per-call copy is this explicit 4-byte offset; images never leave the device.
         start = jax.device_put(np.int32(position * self.batch_size), self.x.sharding)
         return take_batch(self.x, self.order, start, n * self.batch_size)
-
-    def _perm(self, epoch: int) -> jax.Array:
-        if epoch not in self.perms:
-            self.perms = {e: p for e, p in self.perms.items() if e >= epoch - 1}
-            self.perms[epoch] = epoch_permutation(self.data_key, epoch, len(self.x))
-        return self.perms[epoch]
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""
