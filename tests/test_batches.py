@@ -6,7 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from src.data.batches import DeviceBatches, StreamedBatches, fits_on_device, make_batches
+from src.data.batches import (
+    DeviceBatches,
+    StreamedBatches,
+    fits_on_device,
+    make_batches,
+    two_epoch_order,
+)
 from src.data.pipeline import epoch_permutation, take_batch
 from src.utils.config import load_config
 from src.utils.parallel import make_mesh, split_on_devices
@@ -103,3 +109,14 @@ def test_auto_chooses_by_device_memory(setup):
         batches = make_batches(x, key, B, PER_EPOCH, sharding, cfg)
         assert isinstance(batches, kind)
         batches.close()
+
+
+def test_compiled_epoch_order_equals_the_eager_permutation():
+    """epoch_permutation and two_epoch_order are jitted; the order must not change with that."""
+    key = jax.random.key(3)
+    with jax.disable_jit():
+        eager = [np.asarray(epoch_permutation(key, e, 1437)) for e in range(4)]
+    for e in range(3):
+        np.testing.assert_array_equal(np.asarray(epoch_permutation(key, e, 1437)), eager[e])
+        both = np.asarray(two_epoch_order(key, np.int32(e), 1437, 1408))
+        np.testing.assert_array_equal(both, np.concatenate([eager[e][:1408], eager[e + 1][:1408]]))
