@@ -35,9 +35,10 @@ from src.data.pipeline import epoch_permutation, take_batch
 def two_epoch_order(data_key: jax.Array, epoch: jax.Array, num_examples: int, used: int):
     """The first `used` entries of epoch's order followed by those of epoch + 1's.
 
-    One compiled call: as separate eager ops (two permutations, slices, a concatenation) this
-    took about 6 ms of host time per epoch, 20 % of the baseline's 22-step epoch. Integer
-    arithmetic only, so the order is the same as epoch_permutation's, bit for bit.
+    One compiled call instead of a dozen eager ops (two permutations, slices, a
+    concatenation): about 0.9 ms per epoch change on the CPU instead of 1.2 to 1.5 ms, most of
+    it the two sorts, which the CPU backend runs inline. Integer arithmetic only, so the
+    order is the same as epoch_permutation's, bit for bit (tested).
     """
     orders = [epoch_permutation(data_key, e, num_examples)[:used] for e in (epoch, epoch + 1)]
     return jnp.concatenate(orders)

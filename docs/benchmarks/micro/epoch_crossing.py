@@ -1,0 +1,61 @@
+"""Micro-measurement behind docs/performance.md (not part of the package, not tested).
+
+The loop's single-step calls (DeviceBatches.chunk + run_steps, one call ahead) over 2000
+steps that stay in epoch 0 against 2000 steps that cross an epoch every steps_per_epoch steps
+(22 for the baseline), each also with a host read every 20 steps as at a logging boundary;
+4 alternated repeats. Run it at a526db7 to see the cost before 85b9a2e compiled the epoch order.
+Run from the repository root: python docs/benchmarks/micro/epoch_crossing.py baseline
+"""
+
+import statistics
+import sys
+import time
+
+sys.path.insert(0, ".")
+from src.utils.reproducibility import configure_determinism  # noqa: E402
+
+configure_determinism()
+
+import jax  # noqa: E402
+
+from src.training.benchmark import build_step  # noqa: E402
+from src.training.multistep import make_multi_step  # noqa: E402
+from src.utils.config import load_config  # noqa: E402
+
+cfg = load_config(f"configs/experiment/{sys.argv[1]}.yaml")
+t = cfg.training
+keys, batches, per_epoch, mesh, state, train_step = build_step(cfg)
+run_steps = make_multi_step(train_step, t.nan_policy, t.batch_size, mesh)
+STEPS = 2000
+
+
+def steps_per_s(cross: bool, read: bool) -> float:
+    global state
+    sums = last = None
+    tic = time.perf_counter()
+    for s in range(STEPS):
+        previous = last
+        batch = batches.chunk(s if cross else s % per_epoch, 1)
+        state, sums, last = run_steps(
+            state, None if s % 20 == 0 else sums, last, batch, keys["train"], s
+        )
+        jax.block_until_ready(previous)
+        if read and (s + 1) % 20 == 0:
+            jax.device_get((state.step, sums))
+    jax.block_until_ready(state)
+    return STEPS / (time.perf_counter() - tic)
+
+
+variants = {
+    "one epoch": (False, False),
+    "crossing epochs": (True, False),
+    "one epoch, read every 20": (False, True),
+    "crossing epochs, read every 20": (True, True),
+}
+steps_per_s(True, True)  # compiles
+runs: dict[str, list[float]] = {name: [] for name in variants}
+for _ in range(4):
+    for name, args in variants.items():
+        runs[name].append(steps_per_s(*args))
+for name, rates in runs.items():
+    print(f"{name}: median {statistics.median(rates):.0f} steps/s {[round(r) for r in rates]}")
