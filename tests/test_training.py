@@ -6,6 +6,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -240,8 +241,9 @@ def test_tensorboard_gets_every_value_of_a_record_in_one_event(tmp_path):
 def test_metrics_text_is_the_json_of_the_record():
     from src.utils.recorder import metrics_text
 
-    for data in (
+    records: list[dict[str, Any]] = [
         {"run_id": "r", "best": None, "final": {}, "history": []},
         {"run_id": "r", "nan": float("nan"), "history": [{"step": 1, "kl_per_dim": [0.5, 1]}]},
-    ):
+    ]
+    for data in records:
         assert json.dumps(json.loads(metrics_text(data))) == json.dumps(data)
