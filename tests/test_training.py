@@ -238,6 +238,26 @@ def test_tensorboard_gets_every_value_of_a_record_in_one_event(tmp_path):
     assert [(v.tag, v.simple_value) for v in records[1].summary.value] == [("val/elbo", -3.0)]
 
 
+def test_tensorboard_takes_non_finite_vectors(tmp_path):
+    """numpy cannot bin inf or NaN: such a vector gets its scalars and no histogram."""
+    from src.utils.recorder import Recorder
+
+    recorder = Recorder(
+        tmp_path / "metrics.json",
+        tmp_path / "logs",
+        {"run_id": "r"},
+        tensorboard=True,
+        console=False,
+        write=True,
+        resume=False,
+        write_every_secs=0.0,
+    )
+    recorder.log(20, "train", {"kl_per_dim": [float("inf"), float("nan")]})
+    recorder.close()
+    (event,) = [e for e in _tensorboard_events(tmp_path / "logs") if e.HasField("summary")]
+    assert [v.tag for v in event.summary.value] == ["train/kl_per_dim/0", "train/kl_per_dim/1"]
+
+
 def test_metrics_text_is_the_json_of_the_record():
     from src.utils.recorder import metrics_text
 

@@ -274,6 +274,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                 evaluate = step % cfg.eval.every_steps == 0 or step == total_steps
                 save = step % cfg.checkpoint.every_steps == 0 or step == total_steps
                 if step % cfg.logging.every_steps == 0 or step == total_steps:
+                    jax.block_until_ready(sums)  # the interval's time ends with its last step
                     unlogged = (step, sums, interval.steps, elapsed())
                     # The next interval's time starts here: it includes this logging, not
                     # validation or checkpoint saves.
@@ -307,6 +308,11 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
                 checkpoint.wait(manager)
             except Exception as wait_error:  # reported with the original error below
                 e.add_note(f"while waiting for checkpoints: {wait_error}")
+        if unlogged is not None:  # the record of the last logging boundary, best effort
+            try:
+                log_train(*unlogged)
+            except Exception as log_error:
+                e.add_note(f"while writing the last train record: {log_error}")
         recorder.update(status="failed", stopped_at_step=step, error=f"{type(e).__name__}: {e}")
         raise
     finally:

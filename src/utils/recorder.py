@@ -2,7 +2,8 @@
 
 metrics.json holds the whole history, so rewriting it for every record would cost O(records)
 each time, O(records^2) over a run, plus an fsync per write: at 100k baseline steps, one write
-per validation (every 100 steps) would add more than half to the training time. Records are
+per validation (every 100 steps) would add about a quarter to the training time (more than
+half with json.dumps(indent=2)). Records are
 written at most every `write_every_secs` seconds, and the loop forces a write (save()) before
 every model_last save and at the end. So the file is never older than the newest checkpoint,
 which is what a resumed run relies on: it keeps the records up to that checkpoint's step and
@@ -119,9 +120,10 @@ class Recorder:
         """Writes values as one TensorBoard event: `prefix/key` scalars; a vector key gets a
         histogram and one `prefix/key/index` scalar per entry.
 
-        One event per record, not one per value: a train record with 16 latent dimensions
-        took about 3 ms through SummaryWriter.add_scalar/add_histogram, host time during
-        which the device idles at the logging boundary.
+        One event per record, not one per value, and len(vector) equal-width histogram bins
+        instead of tensorboardX's ~1500 exponential ones: a train record with 16 latent
+        dimensions took 5.2 ms through SummaryWriter.add_scalar/add_histogram, 0.7 ms here
+        (docs/benchmarks/micro/tensorboard_record.py).
         """
         if self.tb is None:
             return
@@ -133,8 +135,10 @@ class Recorder:
 
         out = []
         for key, value in values.items():
-            if key in VECTOR_KEYS:  # one bin per entry on average
-                out += histogram(f"{prefix}/{key}", np.asarray(value), bins=len(value)).value
+            if key in VECTOR_KEYS:
+                array = np.asarray(value)
+                if np.isfinite(array).all():  # numpy cannot bin inf or NaN
+                    out += histogram(f"{prefix}/{key}", array, bins=len(value)).value
                 out += [scalar(f"{prefix}/{key}/{d}", v) for d, v in enumerate(value)]
             elif key not in ("step", "split") and isinstance(value, int | float):
                 out.append(scalar(f"{prefix}/{key}", value))
