@@ -11,6 +11,7 @@ from src.data.batches import (
     StreamedBatches,
     fits_on_device,
     make_batches,
+    next_epoch_order,
     two_epoch_order,
 )
 from src.data.pipeline import epoch_permutation, take_batch
@@ -120,3 +121,8 @@ def test_compiled_epoch_order_equals_the_eager_permutation():
         np.testing.assert_array_equal(np.asarray(epoch_permutation(key, e, 1437)), eager[e])
         both = np.asarray(two_epoch_order(key, np.int32(e), 1437, 1408))
         np.testing.assert_array_equal(both, np.concatenate([eager[e][:1408], eager[e + 1][:1408]]))
+        if e > 0:
+            moved_on = next_epoch_order(
+                two_epoch_order(key, np.int32(e - 1), 1437, 1408), key, np.int32(e), 1437
+            )
+            np.testing.assert_array_equal(np.asarray(moved_on), both)
