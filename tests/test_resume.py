@@ -7,6 +7,7 @@ the tiny baseline (tests/helpers.py TINY), 88 steps.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -197,6 +198,46 @@ def inject_nan_at(monkeypatch, calls: set[int]) -> None:
         return batch * np.nan if n in calls else batch
 
     monkeypatch.setattr(batches, "take_batch", take_batch)
+
+
+def at_batch(monkeypatch, call: int, action) -> None:
+    """Runs action() when the loop gathers the batch of the given call (0-based)."""
+    original = batches.take_batch
+    counter = {"n": 0}
+
+    def take_batch(*args, **kwargs):
+        n, counter["n"] = counter["n"], counter["n"] + 1
+        if n == call:
+            action()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "take_batch", take_batch)
+
+
+def train_steps(record: dict[str, Any]) -> list[int]:
+    return [r["step"] for r in record["history"] if r["split"] == "train"]
+
+
+def test_signal_right_after_a_logging_boundary_keeps_its_train_record(tmp_path, monkeypatch):
+    """Step 10 logs only (TINY: validation and saves every 20); its record waits for the next
+    dispatch, which a signal during step 10 prevents: the loop must still write it."""
+    at_batch(monkeypatch, 9, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    record = train_in_process(tmp_path, "t", TINY)
+    assert record["status"] == "interrupted" and record["stopped_at_step"] == 10
+    assert train_steps(record) == [10]
+    assert train_steps(metrics(tmp_path / "checkpoints" / "t")) == [10]
+    assert read_state(tmp_path / "checkpoints" / "t" / "model_last")[0] == 10
+
+
+def test_a_failing_run_keeps_the_train_record_of_its_last_boundary(tmp_path, monkeypatch):
+    def fail() -> None:
+        raise RuntimeError("injected")
+
+    at_batch(monkeypatch, 10, fail)  # gathering step 11's batch, step 10's record not written
+    with pytest.raises(RuntimeError, match="injected"):
+        train_in_process(tmp_path, "f", TINY)
+    record = metrics(tmp_path / "checkpoints" / "f")
+    assert record["status"] == "failed" and train_steps(record) == [10]
 
 
 def test_nan_policy_stop_keeps_last_good_state_and_best(tmp_path, monkeypatch, capsys):
