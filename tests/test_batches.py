@@ -79,7 +79,7 @@ def test_on_device_batches_copy_nothing_from_the_host_per_step(setup):
     device = DeviceBatches(x, key, B, PER_EPOCH, sharding)
     device(0)  # compiles and draws the epoch-0 order
     # "disallow" refuses implicit copies (e.g. a host array fed to the gather); the explicit
-    # 4-byte batch offset is allowed.
+    # 4-byte batch offsets (copied once per position) are allowed.
     with jax.transfer_guard_host_to_device("disallow"):
         for step in range(1, PER_EPOCH):
             device(step)

@@ -71,6 +71,9 @@ class DeviceBatches:
         self.split = jax.jit(lambda batch: batch, out_shardings=sharding)
         self.order: jax.Array | None = None
         self.order_epoch = -1
+        # position -> its first row in the order, on the devices; copied once per position:
+        # an explicit device_put per call cost 140 us, 12 % of a baseline step on the CPU.
+        self.starts: dict[int, jax.Array] = {}
 
     def __call__(self, step: int) -> jax.Array:
         return self.split(self.chunk(step, 1))
@@ -95,9 +98,11 @@ class DeviceBatches:
             self.order = two_epoch_order(self.data_key, np.int32(epoch), len(self.x), used)
             self.order_epoch = epoch
         assert self.order is not None
-        # The only per-call copy is this explicit 4-byte offset; images never leave the device.
-        start = jax.device_put(np.int32(position * self.batch_size), self.x.sharding)
-        return take_batch(self.x, self.order, start, n * self.batch_size)
+        # Images never leave the device; the offsets are copied once each, explicitly.
+        if position not in self.starts:
+            row = np.int32(position * self.batch_size)
+            self.starts[position] = jax.device_put(row, self.x.sharding)
+        return take_batch(self.x, self.order, self.starts[position], n * self.batch_size)
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""
