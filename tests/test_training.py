@@ -161,22 +161,27 @@ def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
     assert saved["model"]["hidden_dims"] == [32]
 
 
-def test_records_are_written_at_most_every_write_interval(tmp_path):
-    """metrics.json is rewritten for a record only when write_every_secs have passed;
-    save() (before checkpoints, at the end) always writes."""
+def _recorder(tmp_path: Path, tensorboard: bool, write_every_secs: float):
+    """A writing Recorder in tmp_path (metrics.json, logs/), console off."""
     from src.utils.recorder import Recorder
 
-    path = tmp_path / "metrics.json"
-    recorder = Recorder(
-        path,
+    return Recorder(
+        tmp_path / "metrics.json",
         tmp_path / "logs",
         {"run_id": "r"},
-        tensorboard=False,
+        tensorboard=tensorboard,
         console=False,
         write=True,
         resume=False,
-        write_every_secs=3600.0,
+        write_every_secs=write_every_secs,
     )
+
+
+def test_records_are_written_at_most_every_write_interval(tmp_path):
+    """metrics.json is rewritten for a record only when write_every_secs have passed;
+    save() (before checkpoints, at the end) always writes."""
+    path = tmp_path / "metrics.json"
+    recorder = _recorder(tmp_path, tensorboard=False, write_every_secs=3600.0)
     recorder.log(10, "train", {"loss": 1.0})
     assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10]
     recorder.log(20, "train", {"loss": 0.5})
@@ -205,18 +210,7 @@ def _tensorboard_events(log_dir: Path) -> list:
 
 
 def test_tensorboard_gets_every_value_of_a_record_in_one_event(tmp_path):
-    from src.utils.recorder import Recorder
-
-    recorder = Recorder(
-        tmp_path / "metrics.json",
-        tmp_path / "logs",
-        {"run_id": "r"},
-        tensorboard=True,
-        console=False,
-        write=True,
-        resume=False,
-        write_every_secs=0.0,
-    )
+    recorder = _recorder(tmp_path, tensorboard=True, write_every_secs=0.0)
     recorder.log(40, "train", {"loss": 1.5, "kl_per_dim": [0.25, 2.0, 0.0], "skipped_steps": 0})
     recorder.log(40, "val", {"elbo": -3.0})
     recorder.close()
@@ -240,18 +234,7 @@ def test_tensorboard_gets_every_value_of_a_record_in_one_event(tmp_path):
 
 def test_tensorboard_takes_non_finite_vectors(tmp_path):
     """numpy cannot bin inf or NaN: such a vector gets its scalars and no histogram."""
-    from src.utils.recorder import Recorder
-
-    recorder = Recorder(
-        tmp_path / "metrics.json",
-        tmp_path / "logs",
-        {"run_id": "r"},
-        tensorboard=True,
-        console=False,
-        write=True,
-        resume=False,
-        write_every_secs=0.0,
-    )
+    recorder = _recorder(tmp_path, tensorboard=True, write_every_secs=0.0)
     recorder.log(20, "train", {"kl_per_dim": [float("inf"), float("nan")]})
     recorder.close()
     (event,) = [e for e in _tensorboard_events(tmp_path / "logs") if e.HasField("summary")]

@@ -3,11 +3,11 @@
 metrics.json holds the whole history, so rewriting it for every record would cost O(records)
 each time, O(records^2) over a run, plus an fsync per write: at 100k baseline steps, one write
 per validation (every 100 steps) would add about a quarter to the training time (more than
-half with json.dumps(indent=2)). Records are
-written at most every `write_every_secs` seconds, and the loop forces a write (save()) before
-every model_last save and at the end. So the file is never older than the newest checkpoint,
-which is what a resumed run relies on: it keeps the records up to that checkpoint's step and
-replays the rest. TensorBoard and the console get every record at once.
+half with json.dumps(indent=2)). Records are therefore written at most every
+`write_every_secs` seconds, and the loop forces a write (save()) before every model_last save
+and at the end. So the file is never older than the newest checkpoint, which is what a
+resumed run relies on: it keeps the records up to that checkpoint's step and replays the
+rest. TensorBoard and the console get every record at once.
 
 The file is indented JSON with one history record per line: readable, and written by json's
 C encoder (json.dumps with indent runs the pure-Python one: about 2x slower).
