@@ -194,6 +194,39 @@ def test_records_are_written_at_most_every_write_interval(tmp_path):
     assert sum(line.startswith('    {"step": ') for line in text.splitlines()) == 3
 
 
+def test_written_history_is_encoded_afresh_after_truncate_and_resume(tmp_path):
+    """The Recorder keeps each record's encoded line; the file must stay what encoding the
+    whole record now would give, after a truncation and in a resumed Recorder."""
+    from src.utils.recorder import Recorder, metrics_text
+
+    path = tmp_path / "metrics.json"
+    recorder = _recorder(tmp_path, tensorboard=False, write_every_secs=0.0)
+    for step in (10, 20, 30):
+        recorder.log(step, "train", {"loss": 1.0 / step, "kl_per_dim": [step, float("nan")]})
+    recorder.truncate(20)
+    recorder.log(30, "val", {"elbo": -2.0})
+    assert path.read_text() == metrics_text(recorder.data)
+    assert [(r["step"], r["split"]) for r in json.loads(path.read_text())["history"]] == [
+        (10, "train"),
+        (20, "train"),
+        (30, "val"),
+    ]
+    resumed = Recorder(
+        path,
+        tmp_path / "logs",
+        {"run_id": "r"},
+        tensorboard=False,
+        console=False,
+        write=True,
+        resume=True,
+        write_every_secs=0.0,
+    )
+    resumed.truncate(10)
+    resumed.log(20, "train", {"loss": 0.25})
+    assert path.read_text() == metrics_text(resumed.data)
+    assert [r["step"] for r in json.loads(path.read_text())["history"]] == [10, 20]
+
+
 def _tensorboard_events(log_dir: Path) -> list:
     """The Event protos of the event files in log_dir (TFRecord: length, crc, data, crc)."""
     from tensorboardX.proto.event_pb2 import Event

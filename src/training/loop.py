@@ -179,7 +179,7 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             # Held on the device until the next model_last save writes it: one save per
             # checkpoint interval at most, however often validation improves. (A copy: the
             # next step donates the state.)
-            pending_best = (step, jax.tree.map(jnp.copy, canonical), metrics)
+            pending_best = (step, copy_tree(canonical), metrics)
 
     def save_best() -> None:
         """Writes the best state validated since the last save to model_best."""
@@ -324,6 +324,13 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
             last_manager.close()
             best_manager.close()
     return recorder.data
+
+
+@jax.jit
+def copy_tree(tree: Any) -> Any:
+    """A copy of tree's arrays in one dispatch (0.3 ms for the baseline's state; one eager
+    jnp.copy per array took 3 to 5 ms)."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def nonfinite_failure(step: int, metrics: dict[str, jax.Array]) -> dict[str, Any]:

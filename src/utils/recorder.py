@@ -10,12 +10,14 @@ resumed run relies on: it keeps the records up to that checkpoint's step and rep
 rest. TensorBoard and the console get every record at once.
 
 The file is indented JSON with one history record per line: readable, and written by json's
-C encoder (json.dumps with indent runs the pure-Python one: about 2x slower).
+C encoder (json.dumps with indent runs the pure-Python one: about 2x slower). Each record is
+encoded once, when it is logged, and the lines are kept: a write joins them instead of encoding
+the whole history again (at 22,000 baseline steps, 64 ms of every checkpoint save point went to
+that encoding).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
@@ -40,16 +42,24 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def metrics_text(data: dict[str, Any]) -> str:
-    """data as JSON: top-level keys indented, each history record compact on its own line."""
-    dump = functools.partial(json.dumps, allow_nan=True)
+def encode(value: Any) -> str:
+    return json.dumps(value, allow_nan=True)
+
+
+def metrics_text(data: dict[str, Any], history_lines: list[str] | None = None) -> str:
+    """data as JSON: top-level keys indented, each history record compact on its own line.
+
+    history_lines, when given, are data["history"]'s records already encode()d, one per record.
+    """
+    if history_lines is None:
+        history_lines = [encode(r) for r in data["history"]]
     fields = []
     for key, value in data.items():
         if key == "history":
-            records = ",\n".join(f"    {dump(r)}" for r in value)
+            records = ",\n".join(f"    {line}" for line in history_lines)
             fields.append(f'  "history": [\n{records}\n  ]' if value else '  "history": []')
         else:
-            fields.append(f"  {dump(key)}: {dump(value)}")
+            fields.append(f"  {encode(key)}: {encode(value)}")
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
@@ -87,6 +97,7 @@ class Recorder:
         if resume and metrics_path.is_file():
             old = read_json(metrics_path)
             self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
+        self.history_lines = [encode(r) for r in self.data["history"]]  # kept in step
         self.tb = None
         if tensorboard and write:
             from tensorboardX import FileWriter  # imported only when used: 0.14 s
@@ -98,12 +109,15 @@ class Recorder:
 
         best is left alone: the loop sets it from the model_best checkpoint on disk.
         """
-        self.data["history"] = [r for r in self.data["history"] if r["step"] <= step]
+        kept = [i for i, r in enumerate(self.data["history"]) if r["step"] <= step]
+        self.data["history"] = [self.data["history"][i] for i in kept]
+        self.history_lines = [self.history_lines[i] for i in kept]
         self.data["final"] = {r["split"]: r for r in self.data["history"]}
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
         self.data["history"].append(record)
+        self.history_lines.append(encode(record))
         self.data["final"][split] = record
         self.tensorboard(step, split, record)
         if self.console:
@@ -155,7 +169,7 @@ class Recorder:
         self.written_at = time.monotonic()
         if self.write:
             try:
-                atomic_write_text(self.path, metrics_text(self.data))
+                atomic_write_text(self.path, metrics_text(self.data, self.history_lines))
             except OSError as e:
                 raise StorageError(f"cannot write {self.path}: {e}") from e
 
