@@ -283,3 +283,18 @@ def test_metrics_text_is_the_json_of_the_record():
     ]
     for data in records:
         assert json.dumps(json.loads(metrics_text(data))) == json.dumps(data)
+
+
+def test_copy_tree_survives_the_donation_of_the_original():
+    """The model_best candidate is held across steps that donate the state it was copied from."""
+    import jax
+    import jax.numpy as jnp
+
+    from src.training.loop import copy_tree
+
+    state = {"w": jnp.arange(3.0), "step": jnp.int32(7)}
+    held = copy_tree(state)
+    jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)(state)
+    assert state["w"].is_deleted()
+    np.testing.assert_array_equal(held["w"], [0.0, 1.0, 2.0])
+    assert int(held["step"]) == 7

@@ -328,8 +328,9 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
 
 @jax.jit
 def copy_tree(tree: Any) -> Any:
-    """A copy of tree's arrays in one dispatch (0.3 ms for the baseline's state; one eager
-    jnp.copy per array took 3 to 5 ms)."""
+    """tree's arrays in new buffers, which donating the originals leaves intact (a jitted
+    call's outputs never share its non-donated inputs' buffers). One dispatch: 0.3 ms for the
+    baseline's state, where one eager jnp.copy per array took 3 to 5 ms."""
     return jax.tree.map(jnp.copy, tree)
 
 

@@ -42,24 +42,26 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def encode(value: Any) -> str:
+def encode_json(value: Any) -> str:
+    """Compact JSON, NaN and inf included (as metrics.json has always held them)."""
     return json.dumps(value, allow_nan=True)
 
 
 def metrics_text(data: dict[str, Any], history_lines: list[str] | None = None) -> str:
     """data as JSON: top-level keys indented, each history record compact on its own line.
 
-    history_lines, when given, are data["history"]'s records already encode()d, one per record.
+    history_lines, when given, are data["history"]'s records already encode_json()d, one per record.
     """
     if history_lines is None:
-        history_lines = [encode(r) for r in data["history"]]
+        history_lines = [encode_json(r) for r in data["history"]]
+    assert len(history_lines) == len(data["history"]), "history_lines out of step"
     fields = []
     for key, value in data.items():
         if key == "history":
             records = ",\n".join(f"    {line}" for line in history_lines)
             fields.append(f'  "history": [\n{records}\n  ]' if value else '  "history": []')
         else:
-            fields.append(f"  {encode(key)}: {encode(value)}")
+            fields.append(f"  {encode_json(key)}: {encode_json(value)}")
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
@@ -97,7 +99,7 @@ class Recorder:
         if resume and metrics_path.is_file():
             old = read_json(metrics_path)
             self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
-        self.history_lines = [encode(r) for r in self.data["history"]]  # kept in step
+        self.history_lines = [encode_json(r) for r in self.data["history"]]  # kept in step
         self.tb = None
         if tensorboard and write:
             from tensorboardX import FileWriter  # imported only when used: 0.14 s
@@ -116,8 +118,9 @@ class Recorder:
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
+        line = encode_json(record)  # first: a record that cannot be encoded is not kept
         self.data["history"].append(record)
-        self.history_lines.append(encode(record))
+        self.history_lines.append(line)
         self.data["final"][split] = record
         self.tensorboard(step, split, record)
         if self.console:

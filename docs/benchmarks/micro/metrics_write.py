@@ -4,7 +4,7 @@ How long one metrics.json write takes as a run grows: a history like the baselin
 record every 20 steps, a validation record every 100, 16 latent dimensions), written the way
 the Recorder writes it (metrics_text with the records' lines encoded when they were logged,
 atomic with fsync) and, for comparison, encoding every record at every write (until
-2026-11-25, second stop) and with json.dumps(indent=2) (before that).
+d49a0e6) and with json.dumps(indent=2) (before a6accbc).
 Run from the repository root: python docs/benchmarks/micro/metrics_write.py
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, ".")
 from src.utils.io import atomic_write_text  # noqa: E402
-from src.utils.recorder import encode, metrics_text  # noqa: E402
+from src.utils.recorder import encode_json, metrics_text  # noqa: E402
 
 
 def record(step: int, split: str) -> dict:
@@ -28,7 +28,7 @@ for steps in (3_000, 30_000, 100_000):
     history = [record(s, "train") for s in range(20, steps + 1, 20)]
     history += [record(s, "val") for s in range(100, steps + 1, 100)]
     data = {"run_id": "r", "history": history}
-    lines = [encode(r) for r in history]
+    lines = [encode_json(r) for r in history]
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in (
             ("indent=2", lambda d: json.dumps(d, indent=2, allow_nan=True) + "\n"),
