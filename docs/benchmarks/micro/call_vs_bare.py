@@ -1,8 +1,9 @@
 """Micro-measurement behind docs/performance.md (not part of the package, not tested).
 
-The loop's single-step call (run_steps: metric sums, nan_policy, the step's key derived inside)
-against the bare AOT-compiled step, both on one resident batch, with the host allowed to run
-1, 2, 4 or any number of calls ahead of the device. Alternated, 6 x 600 steps. Run from the repository root: python docs/benchmarks/micro/call_vs_bare.py baseline
+The loop's single-step call (run_steps: metric sums, nan_policy, the step's key derived
+inside) against the bare AOT-compiled step, both on one resident batch, with the host
+allowed to run 1, 2, 4 or any number of calls ahead of the device. Alternated, 6 x 600 steps.
+Run from the repository root: python docs/benchmarks/micro/call_vs_bare.py baseline
 """
 
 import collections
@@ -27,10 +28,12 @@ keys, batches, _, mesh, state, train_step = build_step(cfg)
 run_steps = make_multi_step(train_step, t.nan_policy, t.batch_size, mesh)
 batch = batches.chunk(0, 1)
 bare_state = jax.tree.map(lambda x: x.copy(), state)
-compiled = train_step.lower(bare_state, batch, keys["train"]).compile()  # type: ignore[attr-defined]
+lowered = train_step.lower(bare_state, batch, keys["train"])  # type: ignore[attr-defined]
+compiled = lowered.compile()
 STEPS = 600
 step_keys = [jax.random.fold_in(keys["train"], s) for s in range(STEPS)]
 sums = last = None
+step = 0  # the global step number, so that every call is a normal (not a halted) step
 
 
 def bare(ahead: int) -> float:
@@ -49,11 +52,12 @@ def bare(ahead: int) -> float:
 
 def loop_call(ahead: int) -> float:
     """Steps/s of run_steps, waiting for the call `ahead` calls back (0: never waiting)."""
-    global state, sums, last
+    global state, sums, last, step
     pending: collections.deque = collections.deque()
     tic = time.perf_counter()
-    for s in range(STEPS):
-        state, sums, last = run_steps(state, sums, last, batch, keys["train"], s)
+    for _ in range(STEPS):
+        state, sums, last = run_steps(state, sums, last, batch, keys["train"], step)
+        step += 1
         pending.append(last)
         if ahead and len(pending) > ahead:
             jax.block_until_ready(pending.popleft())
