@@ -161,7 +161,7 @@ def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
     assert saved["model"]["hidden_dims"] == [32]
 
 
-def _recorder(tmp_path: Path, tensorboard: bool, write_every_secs: float):
+def _recorder(tmp_path: Path, tensorboard: bool, write_every_secs: float, resume: bool = False):
     """A writing Recorder in tmp_path (metrics.json, logs/), console off."""
     from src.utils.recorder import Recorder
 
@@ -172,7 +172,7 @@ def _recorder(tmp_path: Path, tensorboard: bool, write_every_secs: float):
         tensorboard=tensorboard,
         console=False,
         write=True,
-        resume=False,
+        resume=resume,
         write_every_secs=write_every_secs,
     )
 
@@ -197,7 +197,7 @@ def test_records_are_written_at_most_every_write_interval(tmp_path):
 def test_written_history_is_encoded_afresh_after_truncate_and_resume(tmp_path):
     """The Recorder keeps each record's encoded line; the file must stay what encoding the
     whole record now would give, after a truncation and in a resumed Recorder."""
-    from src.utils.recorder import Recorder, metrics_text
+    from src.utils.recorder import metrics_text
 
     path = tmp_path / "metrics.json"
     recorder = _recorder(tmp_path, tensorboard=False, write_every_secs=0.0)
@@ -211,16 +211,7 @@ def test_written_history_is_encoded_afresh_after_truncate_and_resume(tmp_path):
         (20, "train"),
         (30, "val"),
     ]
-    resumed = Recorder(
-        path,
-        tmp_path / "logs",
-        {"run_id": "r"},
-        tensorboard=False,
-        console=False,
-        write=True,
-        resume=True,
-        write_every_secs=0.0,
-    )
+    resumed = _recorder(tmp_path, tensorboard=False, write_every_secs=0.0, resume=True)
     resumed.truncate(10)
     resumed.log(20, "train", {"loss": 0.25})
     assert path.read_text() == metrics_text(resumed.data)

@@ -11,21 +11,10 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, ".")
-from src.utils.reproducibility import configure_determinism  # noqa: E402
+import jax
+from loop_setup import set_up
 
-configure_determinism()
-
-import jax  # noqa: E402
-
-from src.training.benchmark import build_step  # noqa: E402
-from src.training.multistep import make_multi_step  # noqa: E402
-from src.utils.config import load_config  # noqa: E402
-
-cfg = load_config(f"configs/experiment/{sys.argv[1]}.yaml")
-t = cfg.training
-keys, batches, _, mesh, state, train_step = build_step(cfg)
-run_steps = make_multi_step(train_step, t.nan_policy, t.batch_size, mesh)
+_, (keys, batches, _, _, state, train_step), run_steps = set_up(sys.argv[1])
 batch = batches.chunk(0, 1)
 bare_state = jax.tree.map(lambda x: x.copy(), state)
 lowered = train_step.lower(bare_state, batch, keys["train"])  # type: ignore[attr-defined]

@@ -3,8 +3,8 @@
 The loop's single-step calls (DeviceBatches.chunk + run_steps, one call ahead) over 2000
 steps that stay in epoch 0 against 2000 steps that cross an epoch every steps_per_epoch steps
 (22 for the baseline), each also with a host read every 20 steps as at a logging boundary;
-4 alternated repeats. Copied into a checkout of a526db7 it measures the eager epoch order
-that 8d4eac5 replaced.
+4 alternated repeats. Copied (with loop_setup.py) into a checkout of a526db7 it measures the
+eager epoch order that 8d4eac5 replaced.
 Run from the repository root: python docs/benchmarks/micro/epoch_crossing.py baseline
 """
 
@@ -12,21 +12,10 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, ".")
-from src.utils.reproducibility import configure_determinism  # noqa: E402
+import jax
+from loop_setup import set_up
 
-configure_determinism()
-
-import jax  # noqa: E402
-
-from src.training.benchmark import build_step  # noqa: E402
-from src.training.multistep import make_multi_step  # noqa: E402
-from src.utils.config import load_config  # noqa: E402
-
-cfg = load_config(f"configs/experiment/{sys.argv[1]}.yaml")
-t = cfg.training
-keys, batches, per_epoch, mesh, state, train_step = build_step(cfg)
-run_steps = make_multi_step(train_step, t.nan_policy, t.batch_size, mesh)
+_, (keys, batches, per_epoch, _, state, _), run_steps = set_up(sys.argv[1])
 STEPS = 2000
 
 
