@@ -61,3 +61,37 @@ def test_repository_layout():
         "logs/",
         "__pycache__/",
     }
+
+
+def test_tensorboard_is_a_dependency_and_reads_the_run_logs(tmp_path: Path):
+    """`tensorboard --logdir results/logs` (README) works after the setup command: TensorBoard
+    is a declared dependency, and its own event loader reads what the Recorder writes."""
+    import tomllib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from src.utils.recorder import Recorder
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {
+        dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in project["dependencies"]
+    }
+    assert "tensorboard" in names
+
+    recorder = Recorder(
+        tmp_path / "metrics.json",
+        tmp_path / "logs",
+        {"run_id": "r"},
+        tensorboard=True,
+        console=False,
+        write=True,
+        resume=False,
+        write_every_secs=0.0,
+    )
+    recorder.log(10, "train", {"loss": 1.5, "kl_per_dim": [0.5, 1.0]})
+    recorder.log(20, "train", {"loss": 1.25, "kl_per_dim": [0.25, 1.0]})
+    recorder.close()
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(10, 1.5), (20, 1.25)]
+    assert events.Tags()["histograms"] != []
