@@ -117,9 +117,20 @@ def test_malformed_idx_files_name_file_and_problem(tmp_path: Path, edit, message
     write_idx_dataset(tmp_path, n_train=10, n_test=5, gz=False)
     corrupt(tmp_path, "train-images-idx3-ubyte", edit)
     with pytest.raises(DataError) as err:
-        load_splits(data_cfg("mnist", f"data.dir={tmp_path}"))
+        load_splits(data_cfg("mnist", f"data.dir={tmp_path}", "data.verify_checksum=false"))
     assert message in str(err.value) and "train-images-idx3-ubyte" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_file_with_another_checksum_is_refused(tmp_path: Path, gz: bool):
+    """Raw files are pinned like gzipped ones: a valid IDX file that is not the published one
+    is refused, naming the file and both digests."""
+    write_idx_dataset(tmp_path, n_train=10, n_test=5, gz=gz)
+    with pytest.raises(DataError) as err:
+        load_splits(data_cfg("mnist", f"data.dir={tmp_path}"))
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    assert f"{tmp_path / name}: SHA-256" in str(err.value) and "published" in str(err.value)
 
 
 def test_truncated_gzip_is_a_data_error(tmp_path: Path):
@@ -133,7 +144,7 @@ def test_mismatched_image_and_label_counts(tmp_path: Path):
     write_idx_dataset(tmp_path, n_train=10, n_test=5, gz=False)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(encode_idx(np.zeros(9, np.uint8)))
     with pytest.raises(DataError, match="has 10 images but .*train-labels-idx1-ubyte has 9 labels"):
-        load_splits(data_cfg("mnist", f"data.dir={tmp_path}"))
+        load_splits(data_cfg("mnist", f"data.dir={tmp_path}", "data.verify_checksum=false"))
 
 
 def test_missing_folder_and_file_name_the_download_command(tmp_path: Path):

@@ -103,5 +103,6 @@ def download_dataset(
     """Fetches the four .gz files of catalogue dataset `name` (checked against the catalogue)."""
     from src.data.catalog import IDX_DATASETS
 
-    files = {f: (h if verify else None) for f, h in IDX_DATASETS[name].sha256.items()}
+    published = IDX_DATASETS[name].sha256.items()
+    files = {f: (h if verify else None) for f, h in published if f.endswith(".gz")}
     return download_files(files, directory, mirror, timeout, None if quiet else sys.stderr)
