@@ -5,19 +5,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.utils.cli import ArgumentParser, split_overrides
+from src.utils.cli import ArgumentParser, overrides_help, split_overrides
+from src.utils.config import CONFIG_ROOT, read_yaml
 
 
 def parse_args(argv: Sequence[str]):
     rest, overrides = split_overrides(argv)
     parser = ArgumentParser(
-        prog="evaluate.py", description="Evaluate a saved run (IWAE, KL per dim, MI, figures)."
+        prog="evaluate.py",
+        usage="%(prog)s --run_dir=DIR [--checkpoint=best|last] [--split=test|val|train]\n"
+        "                   [--config.eval.KEY=VALUE ...]",
+        description="Evaluate a saved run (IWAE, KL per dim, MI, figures) with the run's own "
+        "config.yaml; writes <run_dir>/eval/<checkpoint>_<split>.json and figures.",
+        epilog=overrides_help(
+            "an eval.* key (the rest of the config is the run's)",
+            ["--config.eval.iwae_samples=5000 --config.eval.figures=false"],
+            listing="Keys: " + ", ".join(read_yaml(CONFIG_ROOT / "default.yaml")["eval"]) + ".",
+            form="--config.eval.KEY=VALUE",
+        ),
     )
     parser.add_argument(
-        "--run_dir", required=True, help="the run folder, e.g. results/checkpoints/<run_id>"
+        "--run_dir",
+        metavar="DIR",
+        required=True,
+        help="the run folder, e.g. results/checkpoints/<run_id>",
     )
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--split", default="test", choices=("test", "val", "train"))
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "last"),
+        help="model_best (default) or model_last",
+    )
+    parser.add_argument(
+        "--split", default="test", choices=("test", "val", "train"), help="default: test"
+    )
     args = parser.parse_args(rest)
     return args, overrides
 

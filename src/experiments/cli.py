@@ -28,7 +28,17 @@ def _positive_int(text: str) -> int:
 
 
 def sweep_main(argv: Sequence[str]) -> int:
-    parser = ArgumentParser(prog="sweep.py", description="Run a parameter sweep of training runs.")
+    parser = ArgumentParser(
+        prog="sweep.py",
+        description="Run a parameter sweep of training runs: every trial of the sweep file is "
+        "its own scripts/train.py process. Re-running skips completed trials and resumes "
+        "interrupted ones.",
+        epilog="The sweep file (keys name, experiment, overrides, grid, combine, random, seeds,\n"
+        "metric) is described in docs/experiments.md; its overrides and grid keys are config keys,\n"
+        "documented in configs/default.yaml.\n\n"
+        "example:\n"
+        "  python scripts/sweep.py --config=configs/sweep/beta.yaml --workers=2",
+    )
     parser.add_argument("--config", required=True, help="sweep YAML, e.g. configs/sweep/beta.yaml")
     parser.add_argument("--workers", type=_positive_int, default=1, help="trials run at once")
     parser.add_argument("--workdir", default="results", help="root of checkpoints/ and sweeps/")

@@ -7,8 +7,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from src.utils.cli import NONFINITE_STATUS, ArgumentParser, interrupted_status, split_overrides
-from src.utils.config import changed_keys, load_config, load_saved_config
+from src.utils.cli import (
+    NONFINITE_STATUS,
+    ArgumentParser,
+    interrupted_status,
+    overrides_help,
+    split_overrides,
+)
+from src.utils.config import (
+    CONFIG_ROOT,
+    changed_keys,
+    load_config,
+    load_saved_config,
+    read_yaml,
+)
 from src.utils.errors import ConfigError
 from src.utils.rundir import RunPaths, default_run_id, prepare, run_paths
 
@@ -28,18 +40,74 @@ RESUMABLE_OVERRIDES = {
 }
 
 
+def _group_names(group: str) -> str:
+    """'conv | mlp | transformer': the files of configs/<group>/, for --help."""
+    return " | ".join(sorted(p.stem for p in (CONFIG_ROOT / group).glob("*.yaml")))
+
+
+TRAIN_EXAMPLES = """\
+examples:
+  python scripts/train.py --config=configs/experiment/baseline.yaml
+  python scripts/train.py --config=configs/experiment/baseline.yaml --model=conv \\
+      --config.training.epochs=5 --config.training.kl.warmup=cyclical
+  python scripts/train.py --workdir=results --run_id=ID --resume [--config.training.epochs=N]
+
+A mistake in the input (unknown key, wrong type, missing file, existing run id) prints one
+line and exits with status 2. Exit statuses and the run's files: README.md."""
+
+
 def parse_args(argv: Sequence[str]):
     rest, overrides = split_overrides(argv)
-    parser = ArgumentParser(prog="train.py", description="Train a VAE from a YAML config.")
-    parser.add_argument("--config", help="experiment YAML, e.g. configs/experiment/baseline.yaml")
-    parser.add_argument("--model", help="model group file to use instead of the experiment's")
-    parser.add_argument("--data", help="data group file to use instead of the experiment's")
-    parser.add_argument(
-        "--workdir", default="results", help="root of checkpoints/, logs/, figures/"
+    parser = ArgumentParser(
+        prog="train.py",
+        usage="%(prog)s --config=FILE [--model=NAME] [--data=NAME] [--config.SECTION.KEY=VALUE ...]\n"
+        "                [--workdir=DIR] [--run_id=ID] [--overwrite]\n"
+        "       %(prog)s --run_id=ID --resume [--workdir=DIR] [--config.training.epochs=N]",
+        description="Train a VAE from a YAML config.",
+        epilog=overrides_help(
+            "any config key",
+            [
+                "--config.training.lr=3e-4 --config.model.latent_dim=32",
+                "--config.model.hidden_dims=[512,256] --config.training.kl.free_bits=0.25",
+            ],
+            listing="Sections: " + ", ".join(read_yaml(CONFIG_ROOT / "default.yaml")) + ".",
+        )
+        + "\n\n"
+        + TRAIN_EXAMPLES,
     )
-    parser.add_argument("--run_id", help="run folder name (default: experiment name + timestamp)")
-    parser.add_argument("--resume", action="store_true", help="continue --run_id from model_last")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --run_id")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="experiment YAML, e.g. configs/experiment/baseline.yaml; it composes "
+        "configs/default.yaml and the group files it names (required unless --resume)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help=f"use configs/model/NAME.yaml instead of the experiment's model: {_group_names('model')}",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="NAME",
+        help=f"use configs/data/NAME.yaml instead of the experiment's data: {_group_names('data')}",
+    )
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        default="results",
+        help="root of checkpoints/, logs/, figures/ (default: results)",
+    )
+    parser.add_argument(
+        "--run_id", metavar="ID", help="run folder name (default: experiment name + timestamp)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --run_id from its last checkpoint with its saved config.yaml",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --run_id (otherwise refused)"
+    )
     args = parser.parse_args(rest)
     return args, overrides
 

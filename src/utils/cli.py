@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from src.utils.errors import RunError, UserError
 
@@ -47,8 +49,54 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+SCHEMA_FILE = "configs/default.yaml"
+
+
+def _wrap(text: str, hanging: int = 0) -> list[str]:
+    """text wrapped to 92 columns, indented 8 spaces, continuation lines `hanging` more."""
+    return textwrap.wrap(
+        text, width=92, initial_indent=" " * 8, subsequent_indent=" " * (8 + hanging)
+    )
+
+
+def overrides_help(
+    scope: str,
+    examples: Sequence[str],
+    listing: str = "",
+    form: str = "--config.SECTION.KEY=VALUE",
+) -> str:
+    """The --help paragraph on --config.KEY=VALUE overrides: what they set (scope, e.g.
+    "any config key"), how VALUE is read, examples, a listing of the sections or keys allowed
+    (if given) and where the keys are documented."""
+    lines = ["config overrides:", f"  {form}"]
+    lines += _wrap(
+        f"Set {scope}; repeatable, applied after the YAML files. VALUE is read as YAML and "
+        "must have the key's type (3e-4, 32, true, [512,256], a string), e.g."
+    )
+    lines += [f"          {example}" for example in examples]
+    if listing:
+        lines += _wrap(listing, hanging=2)
+    lines += _wrap(f"Every key, its default and meaning: {SCHEMA_FILE}.")
+    return "\n".join(lines)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-line texts (descriptions, flag help) as argparse does; a text of several lines
+    (an epilog with examples) is laid out by hand and kept as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as a one-line UserError (status 2)."""
+    """argparse that reports bad flags as a one-line UserError (status 2) and keeps the line
+    breaks of a hand-written epilog (HelpFormatter)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message}")
