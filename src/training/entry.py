@@ -21,8 +21,15 @@ from src.utils.config import (
     load_saved_config,
     read_yaml,
 )
-from src.utils.errors import ConfigError
-from src.utils.rundir import RunPaths, default_run_id, prepare, run_paths
+from src.utils.errors import ConfigError, RunDirError
+from src.utils.rundir import (
+    Replacement,
+    RunPaths,
+    default_run_id,
+    lock_run,
+    prepare,
+    run_paths,
+)
 
 # Keys that may differ when resuming: they change how long the run is, where it runs (the
 # checkpoint does not depend on the device count) or how fast, not what it computes.
@@ -143,6 +150,24 @@ def resume_config(args: Any, overrides: list[str], paths: RunPaths) -> Any:
     return requested
 
 
+def writes_run_folder(parallel: Any) -> bool:
+    """Whether this process prepares and locks the run folder: process 0 of a multi-process run.
+
+    Decided from the config and the cluster environment, before jax.distributed starts: process
+    0 prepares the folder before it joins the others, so none of them can touch it earlier.
+    """
+    if parallel.distributed == "false":
+        return True
+    if parallel.process_id >= 0:
+        return bool(parallel.process_id == 0)
+    from jax._src.clusters import ClusterEnv  # what jax.distributed.initialize() consults
+
+    for env in ClusterEnv._cluster_types:
+        if not env.opt_in_only_method and env.is_env_present():
+            return bool(env.get_process_id() == 0)
+    return True
+
+
 def main(argv: Sequence[str]) -> int:
     args, overrides = parse_args(argv)
     if args.resume:
@@ -151,8 +176,8 @@ def main(argv: Sequence[str]) -> int:
         if args.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
         paths = run_paths(args.workdir, args.run_id)
-        prepare(paths, resume=True, overwrite=False)
-        cfg = resume_config(args, overrides, paths)
+        saved = paths.config.is_file()
+        writer = not saved or writes_run_folder(load_saved_config(paths.config, overrides).parallel)
     else:
         if not args.config:
             raise ConfigError(
@@ -160,14 +185,33 @@ def main(argv: Sequence[str]) -> int:
             )
         cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
         paths = run_paths(args.workdir, args.run_id or default_run_id(cfg.experiment.name))
-        prepare(paths, resume=False, overwrite=args.overwrite)
+        writer = writes_run_folder(cfg.parallel)
+    replacement = Replacement([])
+    # One writer per run folder: the lock is taken before anything is written and held until
+    # the process ends. Other processes of a multi-process run only read the folder.
+    lock = lock_run(paths) if writer else None
+    try:
+        if writer:
+            replacement = prepare(paths, resume=args.resume, overwrite=args.overwrite)
+        elif args.resume and not paths.config.is_file():
+            raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")
+        try:
+            if args.resume:
+                cfg = resume_config(args, overrides, paths)
 
-    from src.training.loop import train_and_evaluate
-    from src.utils.compilation import enable_cache
+            from src.training.loop import train_and_evaluate
+            from src.utils.compilation import enable_cache
 
-    enable_cache(cfg.compile)  # before the first compilation
+            enable_cache(cfg.compile)  # before the first compilation
 
-    record = train_and_evaluate(cfg, paths, resume=args.resume)
+            # An --overwrite'n run is deleted once the new one has passed its checks and starts.
+            record = train_and_evaluate(cfg, paths, resume=args.resume, on_start=replacement.commit)
+        except BaseException:
+            replacement.restore()  # the new run did not start: the old one comes back
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
     run = paths.run_dir.name
     if record["status"] == "interrupted":
         step, name = record["stopped_at_step"], record["signal"]

@@ -48,8 +48,14 @@ def derive_keys(seed: int) -> dict[str, jax.Array]:
     return {"init": init, "data": data, "train": train, "eval": evaluation}
 
 
-def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any]:
-    """Trains cfg's model, validating and checkpointing as configured; returns metrics.json."""
+def train_and_evaluate(
+    cfg: Any, paths: RunPaths, resume: bool, on_start: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Trains cfg's model, validating and checkpointing as configured; returns metrics.json.
+
+    on_start is called once every check has passed, just before the first step (entry.py
+    deletes the run an --overwrite replaces there).
+    """
     tcfg = cfg.training
     initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
     writer = jax.process_index() == 0
@@ -226,6 +232,8 @@ def train_and_evaluate(cfg: Any, paths: RunPaths, resume: bool) -> dict[str, Any
         step = applied
         assert last is not None  # a step has run
         return nonfinite_failure(step + 1, last)
+    if on_start is not None:
+        on_start()
 
     recorder.update(status="running")
     started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)

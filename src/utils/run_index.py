@@ -21,7 +21,7 @@ from typing import Any
 
 FILE_NAME = "runs.csv"
 COLUMNS = (
-    "event",  # start | end
+    "event",  # start | end | replaced (every earlier row of the run id is of a deleted run)
     "run_id",
     "experiment",
     "config_hash",
@@ -58,11 +58,18 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """All complete rows of runs.csv (empty if it does not exist)."""
+    """The complete start and end rows of runs.csv (empty if it does not exist), without those
+    of runs that --overwrite has deleted (the rows before a `replaced` row of their run id)."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("event") in ("start", "end")]
+        rows = list(csv.DictReader(f))
+    replaced = {r.get("run_id"): i for i, r in enumerate(rows) if r.get("event") == "replaced"}
+    return [
+        r
+        for i, r in enumerate(rows)
+        if r.get("event") in ("start", "end") and i > replaced.get(r.get("run_id"), -1)
+    ]
 
 
 def _row(run_dir: Path, record: dict[str, Any], event: str, started_at: str) -> dict[str, Any]:
@@ -98,6 +105,23 @@ def record_start(run_dir: Path, record: dict[str, Any], write: bool) -> str:
     if write:
         append_row(index_path(run_dir), _row(run_dir, record, "start", started_at))
     return started_at
+
+
+def record_replaced(run_dir: Path) -> None:
+    """Appends a `replaced` row: the run's earlier rows describe a run --overwrite has deleted."""
+    try:
+        append_row(
+            index_path(run_dir),
+            {
+                "event": "replaced",
+                "run_id": run_dir.name,
+                "host": socket.gethostname(),
+                "status": "deleted",
+                "ended_at": now(),
+            },
+        )
+    except OSError as e:
+        print(f"warning: could not append to {index_path(run_dir)}: {e}", file=sys.stderr)
 
 
 def record_end(run_dir: Path, record: dict[str, Any], started_at: str, write: bool) -> None:

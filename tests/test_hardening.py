@@ -1,0 +1,147 @@
+"""Hardening (issue 18): no run is lost or silently corrupted, whatever the user, the disk or the
+shell does. Each test fails on 16a4af9. Runs use the tiny baseline (tests/helpers.py TINY)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.utils import run_index
+from src.utils.errors import ConfigError, DataError, RunDirError
+from src.utils.rundir import lock_run, prepare, run_paths
+from tests.helpers import BASELINE, TINY
+
+
+def cli_args(workdir: Path, run_id: str, *extra: str) -> list[str]:
+    return [
+        f"--config={BASELINE}",
+        f"--workdir={workdir}",
+        f"--run_id={run_id}",
+        *(f"--config.{o}" for o in TINY),
+        *extra,
+    ]
+
+
+def fake_run(workdir: Path, run_id: str) -> dict[Path, bytes]:
+    """A completed run's files (not a real checkpoint) and its runs.csv rows; returns the files."""
+    paths = run_paths(workdir, run_id)
+    prepare(paths, resume=False, overwrite=False)
+    files = {
+        paths.config: b"experiment: {name: old}\n",
+        paths.metrics: json.dumps({"run_id": run_id, "status": "completed"}).encode(),
+        paths.last / "88" / "state" / "data": b"\x01" * 100,
+        paths.log_dir / "events.out.tfevents.1": b"events",
+        paths.figure_dir / "samples.png": b"png",
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    record = {"experiment": "old", "status": "completed"}
+    started = run_index.record_start(paths.run_dir, record, write=True)
+    run_index.record_end(paths.run_dir, record, started, write=True)
+    return files
+
+
+def assert_files(files: dict[Path, bytes]) -> None:
+    for path, data in files.items():
+        assert path.is_file() and path.read_bytes() == data, path
+
+
+def leftovers(workdir: Path) -> list[str]:
+    """Folders set aside by --overwrite that are still there."""
+    return sorted(
+        p.name
+        for sub in ("checkpoints", "logs", "figures")
+        for p in (workdir / sub).glob(".*")
+        if p.is_dir()
+    )
+
+
+def index_rows(workdir: Path) -> list[dict[str, str]]:
+    return run_index.read_rows(workdir / run_index.FILE_NAME)
+
+
+# --- 1. --overwrite keeps the old run until the new one has started.
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--config.training.batch_size=100000"], ConfigError, "training.batch_size (100000)"),
+        (["--data=mnist", "--config.data.dir={empty}"], DataError, "{empty}"),
+    ],
+)
+def test_overwrite_that_fails_its_checks_keeps_the_old_run(tmp_path, extra, error, message):
+    from src.training.entry import main
+
+    files = fake_run(tmp_path, "keep")
+    before = (tmp_path / "runs.csv").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.format(empty=empty) for a in extra]
+    with pytest.raises(error, match=re.escape(message.format(empty=empty))):
+        main(cli_args(tmp_path, "keep", "--overwrite", *args))
+    assert_files(files)
+    assert leftovers(tmp_path) == []
+    assert (tmp_path / "runs.csv").read_text() == before  # still true: the run is there
+
+
+def test_overwrite_deletes_the_old_run_once_the_new_one_starts(tmp_path, monkeypatch):
+    from src.training import loop
+    from src.training.entry import main
+
+    files = fake_run(tmp_path, "keep")
+    seen: dict[str, Any] = {}
+    load_splits, record_start = loop.load_splits, loop.run_index.record_start
+
+    def checking(cfg: Any) -> Any:  # the data checks: the old run is set aside, not deleted
+        seen["at the checks"] = leftovers(tmp_path)
+        return load_splits(cfg)
+
+    def starting(run_dir: Path, record: dict[str, Any], write: bool) -> str:
+        seen["at the start"] = leftovers(tmp_path)
+        return record_start(run_dir, record, write)
+
+    monkeypatch.setattr(loop, "load_splits", checking)
+    monkeypatch.setattr(loop.run_index, "record_start", starting)
+    assert main(cli_args(tmp_path, "keep", "--overwrite")) == 0
+    assert seen == {"at the checks": [".keep.replaced"] * 3, "at the start": []}
+    assert not any(p.exists() and p.read_bytes() == data for p, data in files.items())
+    assert leftovers(tmp_path) == []
+    rows = index_rows(tmp_path)  # only the new run's rows
+    assert [(r["event"], r["experiment"], r["status"]) for r in rows] == [
+        ("start", "baseline", "running"),
+        ("end", "baseline", "completed"),
+    ]
+    raw = (tmp_path / "runs.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in raw[1:]] == ["start", "end", "replaced", "start", "end"]
+
+
+def test_an_overwrite_killed_before_its_start_is_undone_by_the_next_command(tmp_path, capsys):
+    files = fake_run(tmp_path, "keep")
+    paths = run_paths(tmp_path, "keep")
+    prepare(paths, resume=False, overwrite=True)  # then the process dies: no commit, no restore
+    (paths.run_dir / "config.yaml").write_text("new run's half-written files\n")
+    assert not any(p.exists() and p.read_bytes() == data for p, data in files.items())
+    prepare(paths, resume=True, overwrite=False)  # e.g. --resume: gets the old run back
+    assert_files(files)
+    assert leftovers(tmp_path) == []
+    assert "the old run is restored" in capsys.readouterr().err
+
+
+def test_an_overwrite_killed_after_its_commit_point_finishes_deleting(tmp_path):
+    files = fake_run(tmp_path, "keep")
+    paths = run_paths(tmp_path, "keep")
+    replacement = prepare(paths, resume=False, overwrite=True)
+    run_folder, aside = replacement.moved[0]
+    aside.rename(aside.with_name(".keep.deleted"))  # the commit's first rename, then a kill
+    (paths.run_dir / "metrics.json").write_text("{}")
+    with lock_run(paths), pytest.raises(RunDirError, match="already exists"):
+        prepare(paths, resume=False, overwrite=False)
+    assert leftovers(tmp_path) == []
+    assert not any(p.exists() and p.read_bytes() == data for p, data in files.items())
+    assert (paths.run_dir / "metrics.json").read_text() == "{}"
