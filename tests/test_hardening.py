@@ -4,14 +4,18 @@ shell does. Each test fails on 16a4af9. Runs use the tiny baseline (tests/helper
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from src.utils import run_index
+from src.utils.config import load_config, save_config
 from src.utils.errors import ConfigError, DataError, RunDirError
+from src.utils.io import read_json
 from src.utils.rundir import lock_run, prepare, run_paths
 from tests.helpers import BASELINE, TINY
 
@@ -145,3 +149,38 @@ def test_an_overwrite_killed_after_its_commit_point_finishes_deleting(tmp_path):
     assert leftovers(tmp_path) == []
     assert not any(p.exists() and p.read_bytes() == data for p, data in files.items())
     assert (paths.run_dir / "metrics.json").read_text() == "{}"
+
+
+# --- 2. A closed output pipe never stops a run; --resume without a checkpoint says so.
+
+
+def test_a_closed_output_pipe_does_not_stop_training(tmp_path, monkeypatch):
+    """As `train.py ... 2>&1 | head -3`: stdout and stderr are a pipe whose reader has gone."""
+    from src.training.entry import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    broken = open(write_end, "w", buffering=1)  # noqa: SIM115 (closed below)
+    monkeypatch.setattr(sys, "stdout", broken)
+    monkeypatch.setattr(sys, "stderr", broken)
+    try:
+        status = main(cli_args(tmp_path, "pipe", "--config.logging.console=true"))
+    finally:
+        monkeypatch.undo()
+    assert status == 0
+    record = read_json(tmp_path / "checkpoints" / "pipe" / "metrics.json")
+    assert record["status"] == "completed"
+    steps = [p.name for p in (tmp_path / "checkpoints" / "pipe" / "model_last").iterdir()]
+    assert str(record["total_steps"]) in steps
+    broken.close()  # its descriptor now points at /dev/null: closing flushes nothing to a pipe
+
+
+def test_resume_of_a_run_without_checkpoint_says_so(tmp_path):
+    from src.training.entry import main
+
+    paths = run_paths(tmp_path, "early")
+    prepare(paths, resume=False, overwrite=False)
+    save_config(load_config(BASELINE, overrides=TINY), paths.config)  # killed before a save
+    with pytest.raises(RunDirError, match=r"run early has no checkpoint in .*--overwrite"):
+        main([f"--workdir={tmp_path}", "--run_id=early", "--resume"])
+    assert not paths.metrics.exists()

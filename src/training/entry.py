@@ -22,6 +22,7 @@ from src.utils.config import (
     read_yaml,
 )
 from src.utils.errors import ConfigError, RunDirError
+from src.utils.io import guarded_console
 from src.utils.rundir import (
     Replacement,
     RunPaths,
@@ -169,6 +170,12 @@ def writes_run_folder(parallel: Any) -> bool:
 
 
 def main(argv: Sequence[str]) -> int:
+    """The train command; a closed stdout or stderr (`| head`, a closed terminal) is ignored."""
+    with guarded_console():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args, overrides = parse_args(argv)
     if args.resume:
         if not args.run_id:

@@ -25,7 +25,7 @@ from src.training.state import init_state, param_bytes, param_count, split_model
 from src.training.step import make_eval_step, make_train_step
 from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
-from src.utils.errors import ConfigError
+from src.utils.errors import ConfigError, RunDirError
 from src.utils.io import atomic_write_json, read_json
 from src.utils.parallel import (
     from_backend,
@@ -93,9 +93,13 @@ def train_and_evaluate(
         restored = checkpoint.restore_newest(
             last_manager, checkpoint.abstract_like(state, replicated(mesh))
         )
-        if restored is not None:
-            state, meta = restored
-            interval = accum.from_json(meta.get("train_interval"), replicated(mesh))
+        if restored is None:
+            raise RunDirError(
+                f"--resume: run {paths.run_dir.name} has no checkpoint in {paths.last} to "
+                "continue from (it stopped before its first save); start it again with --overwrite"
+            )
+        state, meta = restored
+        interval = accum.from_json(meta.get("train_interval"), replicated(mesh))
         if int(state.step) > total_steps:
             raise ConfigError(
                 f"training.epochs={tcfg.epochs} plans {total_steps} steps but run "

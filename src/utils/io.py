@@ -1,10 +1,14 @@
-"""Atomic file writes: a reader sees either the old complete file or the new one."""
+"""Atomic file writes (a reader sees either the old complete file or the new one) and console
+streams that never raise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +39,60 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+class GuardedStream:
+    """A text stream whose write and flush never raise: console output is never worth a run.
+
+    From the first OSError (the reader of a pipe has gone, as with `| head`; the terminal has
+    hung up) its file descriptor is pointed at /dev/null, so later writes by Python, by the
+    interpreter's final flush and by C++ libraries writing to the descriptor all succeed.
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return int(self.stream.write(text))
+            except OSError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except OSError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+            self.stream.flush()  # what the failed write left in the buffer goes nowhere now
+        except (OSError, ValueError, AttributeError):  # no descriptor (a test's StringIO)
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def guarded_console() -> Iterator[None]:
+    """sys.stdout and sys.stderr as GuardedStreams for the duration (nesting is harmless)."""
+    saved = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, GuardedStream):
+        sys.stdout = GuardedStream(sys.stdout)
+    if not isinstance(sys.stderr, GuardedStream):
+        sys.stderr = GuardedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
