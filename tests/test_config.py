@@ -9,7 +9,7 @@ import yaml
 
 from src.utils.config import load_config, load_saved_config, save_config
 from src.utils.errors import ConfigError
-from tests.helpers import BASELINE, REPO
+from tests.helpers import BASELINE, REPO, run_script
 
 
 def test_baseline_composes_defaults_groups_and_experiment():
@@ -173,3 +173,86 @@ def test_seed_transformer_width_is_accepted():
         overrides=["model.latent_dim=512", "model.hidden_dim=768"],
     )
     assert (cfg.model.latent_dim, cfg.model.hidden_dim) == (512, 768)
+
+
+@pytest.mark.parametrize(
+    "text, position, problem",
+    [
+        # An unclosed flow list: the error is where the file ends, the list's start is context.
+        (
+            "model:\n  latent_dim: 3\n  hidden_dims: [32, 16\n",
+            "line 4, column 1",
+            "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 3, "
+            "column 16)",
+        ),
+        ("training:\n\tlr: 0.1\n", "line 2, column 1", "found character '\\t'"),
+        ("training:\n  lr: 0.1\n epochs: 3\n", "line 3, column 2", "expected <block end>"),
+    ],
+)
+def test_yaml_syntax_error_names_file_line_and_column(
+    tmp_path: Path, text: str, position: str, problem: str
+):
+    exp = tmp_path / "e.yaml"
+    exp.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    message = str(err.value)
+    assert message.startswith(f"{exp}, {position}: invalid YAML: "), message
+    assert problem in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # Close names in the key's own section, never the section's own name.
+        ("training.lrr=1", "unknown config key 'training.lrr'; did you mean 'training.lr'?"),
+        ("training.kl.bta=1", "; did you mean 'training.kl.beta'?"),
+        ("model.conv.chanels=[8]", "; did you mean 'model.conv.channels'?"),
+        ("eval.iwae=3", "; did you mean 'eval.iwae_samples' or 'eval.iwae_chunk'?"),
+        # Nothing close: the section's keys.
+        (
+            "training.foo=1",
+            "unknown config key 'training.foo' (keys of training: seed, epochs, batch_size, lr, ",
+        ),
+        ("compile.zzz=1", "(keys of compile: cache_dir, min_compile_secs)"),
+        # The name belongs to another section.
+        (
+            "training.latent_dim=3",
+            "did you mean 'model.latent_dim' or 'data.synthetic.latent_dim'?",
+        ),
+        # An unknown section: the sections.
+        ("trainig.lr=1", "unknown config key 'trainig'; did you mean 'training'?"),
+        ("zzz.a=1", "unknown config key 'zzz' (sections: experiment, model, data, training, "),
+    ],
+)
+def test_unknown_key_suggests_keys_of_its_own_section(override: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(BASELINE, overrides=[override])
+    assert message in str(err.value)
+    assert "did you mean 'training'?" not in str(err.value) or override.startswith("trainig")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_a_sweep_file_gets_the_same_hint(tmp_path: Path):
+    from src.experiments.spec import load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nexperiment: {BASELINE}\ngrid:\n  training.foo: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"'training.foo' is not a config key .*keys of training"):
+        load_sweep(sweep)
+    sweep.write_text(f"name: s\nexperiment: {BASELINE}\ngrid:\n  training.kl: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"training.kl is a section; its keys: beta, warmup"):
+        load_sweep(sweep)
+
+
+def test_train_reports_a_yaml_syntax_error_in_one_line(tmp_path: Path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text("defaults:\n  model: mlp\ntraining:\n  lr: [0.1\n")
+    result = run_script("train.py", f"--config={exp}", f"--workdir={tmp_path / 'w'}", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"error: {exp}, line 5, column 1: invalid YAML: "
+    ), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()

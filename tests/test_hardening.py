@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,71 @@ def test_resume_of_a_run_without_checkpoint_says_so(tmp_path):
     with pytest.raises(RunDirError, match=r"run early has no checkpoint in .*--overwrite"):
         main([f"--workdir={tmp_path}", "--run_id=early", "--resume"])
     assert not paths.metrics.exists()
+
+
+# --- 3. One writer per run folder.
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_lock(tmp_path):
+    """A process holding the writer lock of run `busy`, as a training train.py would."""
+    paths = run_paths(tmp_path, "busy")
+    paths.lock.parent.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(paths.lock)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    yield paths, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_writer_is_refused_naming_the_run_and_the_holder(held_lock):
+    from src.training.entry import main
+
+    paths, proc = held_lock
+    workdir = paths.run_dir.parents[1]
+    for extra in (["--overwrite"], []):
+        with pytest.raises(RunDirError, match=f"run busy is in use by process {proc.pid}"):
+            main(cli_args(workdir, "busy", *extra))
+    prepare(paths, resume=False, overwrite=False)
+    save_config(load_config(BASELINE, overrides=TINY), paths.config)
+    with pytest.raises(RunDirError, match=f"run busy is in use by process {proc.pid}"):
+        main([f"--workdir={workdir}", "--run_id=busy", "--resume"])
+    assert sorted(p.name for p in paths.run_dir.iterdir()) == ["config.yaml"]  # nothing written
+    proc.kill()  # the lock dies with its process
+    proc.wait()
+    with lock_run(paths):
+        pass
+
+
+def test_a_sweep_does_not_start_a_trial_whose_run_is_held(tmp_path):
+    from src.experiments import runner
+    from src.experiments.spec import expand, load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nexperiment: {BASELINE}\nseeds: [1]\n")
+    spec = load_sweep(path)
+    (trial,) = expand(spec)
+    paths = run_paths(tmp_path, trial.run_id)
+    paths.lock.parent.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(paths.lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        outcome = runner.run_trial(spec, trial, tmp_path, tmp_path / "logs", {})
+    finally:
+        proc.kill()
+        proc.wait()
+    assert outcome.status == "busy" and f"in use by process {proc.pid}" in outcome.error
+    assert not paths.run_dir.exists()  # nothing started, nothing written

@@ -8,6 +8,8 @@ a crash, a Ctrl-C or a reboot continues where it stopped:
     config.yaml + a model_last step -> resumed (train.py --resume --run_id=...)
     anything else (killed early)  -> restarted (train.py ... --overwrite)
 
+A trial whose run folder another process holds (its writer lock, src/utils/rundir.py) is not
+started: it is reported `busy` with that process's PID, and the next invocation decides again.
 A failing trial is recorded with the last line of its log and the others go on.
 """
 
@@ -31,7 +33,7 @@ from src.experiments.spec import REPO_ROOT, SweepSpec, Trial
 from src.utils.config import config_hash, load_config
 from src.utils.errors import ConfigError, RunDirError, UserError
 from src.utils.io import read_json
-from src.utils.rundir import run_paths
+from src.utils.rundir import holder, run_paths
 
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 
@@ -39,7 +41,7 @@ TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 class Outcome(NamedTuple):
     run_id: str
     action: str  # new | resumed | restarted | skipped
-    status: str  # completed | failed | interrupted | stale
+    status: str  # completed | failed | interrupted | stale | busy
     error: str  # one line; empty when the trial completed
     seconds: float  # wall time of this invocation's process (0 when skipped)
 
@@ -146,7 +148,17 @@ def run_trial(
     spec: SweepSpec, trial: Trial, workdir: Path, log_dir: Path, env: dict[str, str]
 ) -> Outcome:
     """Runs or skips one trial; never raises for a failing trial."""
-    run_dir = run_paths(workdir, trial.run_id).run_dir
+    paths = run_paths(workdir, trial.run_id)
+    run_dir = paths.run_dir
+    pid = holder(paths)
+    if pid is not None:  # what it left on disk is still changing: decide nothing now
+        return Outcome(
+            trial.run_id,
+            "skipped",
+            "busy",
+            f"run {trial.run_id} is in use by process {pid}; run the sweep again once it ends",
+            0.0,
+        )
     action = trial_action(run_dir)
     if action == "skip":
         recorded = read_json(run_dir / "metrics.json").get("config_hash")

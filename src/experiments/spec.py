@@ -12,7 +12,6 @@ the i-th values of every list form the i-th point.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
-from src.utils.config import CONFIG_ROOT, read_yaml
+from src.utils.config import CONFIG_ROOT, deep_merge, nest, read_yaml, unknown_key_hint
 from src.utils.errors import ConfigError
 from src.utils.rundir import RUN_ID
 
@@ -100,8 +99,10 @@ def _schema_leaves(root: Path) -> dict[str, Any]:
 
 def _check_key(path: Path, where: str, key: Any, schema: Mapping[str, Any]) -> str:
     if not isinstance(key, str) or key not in schema:
-        close = difflib.get_close_matches(str(key), list(schema), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        tree: dict[str, Any] = {}
+        for leaf, value in schema.items():
+            tree = deep_merge(tree, nest(leaf, value))
+        hint = unknown_key_hint(str(key), tree)
         raise ConfigError(f"{path}: {where}: {key!r} is not a config key in default.yaml{hint}")
     return key
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,28 @@ CHOICES = {
 BOOL_AS_STR = {"data.on_device", "parallel.distributed"}
 
 
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """', line L, column C: invalid YAML: <problem> (<context> at line L', column C')' for a PyYAML
+    error (1-based positions, as editors count); ': invalid YAML: ...' when it has no position."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return f": invalid YAML: {str(error).splitlines()[0]}"
+    mark = error.problem_mark
+    text = f", line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {error.problem}"
+    if error.context and error.context_mark is not None:
+        at = error.context_mark
+        text += f" ({error.context} at line {at.line + 1}, column {at.column + 1})"
+    return text
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Reads a YAML mapping with the safe loader; a missing or malformed file is a ConfigError."""
+    """Reads a YAML mapping with the safe loader; a missing or malformed file is a ConfigError
+    (a syntax error names the line and column)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}{yaml_error_text(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -173,7 +187,35 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _coerce(key: str, value: Any, default: Any, schema_keys: Sequence[str]) -> Any:
+def unknown_key_hint(dotted: str, schema: Mapping[str, Any]) -> str:
+    """What to say after "unknown config key 'a.b.c'": the close names of its own section
+    ("; did you mean 'a.b.x'?"), else a key of that name in another section, else the section's
+    keys. Only the first unknown part of the path counts ('trainig.lr' -> the section names)."""
+    parts = dotted.split(".")
+    section: Mapping[str, Any] = schema
+    depth = 0
+    while depth < len(parts) - 1 and isinstance(section.get(parts[depth]), Mapping):
+        section = section[parts[depth]]
+        depth += 1
+    prefix = "".join(f"{part}." for part in parts[:depth])
+    name = parts[depth]
+    names = [str(key) for key in section]
+    if depth == len(parts) - 1 and isinstance(section.get(name), Mapping):
+        return f" ({dotted} is a section; its keys: {', '.join(map(str, section[name]))})"
+    close = [prefix + key for key in difflib.get_close_matches(name, names, n=3)]
+    if not close:  # a part of the name: 'iwae' -> 'eval.iwae_samples', 'eval.iwae_chunk'
+        close = [prefix + key for key in names if len(name) >= 3 and name in key][:3]
+    if not close and depth == len(parts) - 1:
+        close = [key for key in _flat_keys(schema) if key.rsplit(".", 1)[-1] == name]
+    if close:
+        quoted = [repr(key) for key in close]
+        shown = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        return f"; did you mean {shown}?"
+    where = f"keys of {prefix[:-1]}" if prefix else "sections"
+    return f" ({where}: {', '.join(names)})"
+
+
+def _coerce(key: str, value: Any, default: Any, schema: Mapping[str, Any]) -> Any:
     """Checks value against the type of its default; returns it converted where lossless."""
     if isinstance(default, Mapping):
         if not isinstance(value, Mapping):
@@ -182,10 +224,8 @@ def _coerce(key: str, value: Any, default: Any, schema_keys: Sequence[str]) -> A
         for sub, sub_value in value.items():
             path = f"{key}.{sub}" if key else str(sub)
             if sub not in default:
-                close = difflib.get_close_matches(path, schema_keys, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown config key {path!r}{hint}")
-            out[sub] = _coerce(path, sub_value, default[sub], schema_keys)
+                raise ConfigError(f"unknown config key {path!r}{unknown_key_hint(path, schema)}")
+            out[sub] = _coerce(path, sub_value, default[sub], schema)
         return out
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -209,9 +249,7 @@ def _coerce(key: str, value: Any, default: Any, schema_keys: Sequence[str]) -> A
     elif isinstance(default, list):
         if isinstance(value, list | tuple):
             if default:
-                return [
-                    _coerce(f"{key}[{i}]", v, default[0], schema_keys) for i, v in enumerate(value)
-                ]
+                return [_coerce(f"{key}[{i}]", v, default[0], schema) for i, v in enumerate(value)]
             return list(value)
     raise ConfigError(f"{key}: expected {_type_name(default)}, got {_type_name(value)} {value!r}")
 
@@ -326,7 +364,7 @@ def check_data_values(data: Mapping[str, Any]) -> None:
 
 def validate(tree: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
     """Type-checks tree against schema (which supplies missing keys) and checks value ranges."""
-    full = deep_merge(schema, _coerce("", tree, schema, _flat_keys(schema)))
+    full = deep_merge(schema, _coerce("", tree, schema, schema))
     check_values(full)
     return full
 
