@@ -107,8 +107,6 @@ def test_nll_does_not_increase_with_k(run4):
     for k in (1, 10, 100):
         step = ev.make_posterior_step(
             graphdef,
-            latent_dim=cfg.model.latent_dim,
-            dynamic_binarize=False,
             iwae_samples=k,
             iwae_chunk=50,
         )

@@ -17,7 +17,7 @@ from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.state import init_state, split_model
-from src.training.step import make_eval_step, make_train_step
+from src.training.step import Objective, make_eval_step, make_train_step
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
 from src.utils.parallel import make_mesh
@@ -128,6 +128,7 @@ def test_overfits_one_batch(family):
         dynamic_binarize=False,
         nan_policy="stop",
         backend="shard_map",
+        objective=Objective.from_config(cfg.training),
     )
     state = init_state(params, tx)
     x = digits_batch(8)
@@ -148,7 +149,7 @@ def test_eval_is_deterministic_and_train_dropout_is_not():
     b = model.encode(x, jax.random.key(2))[0]
     assert not np.allclose(a, b) and not np.allclose(a, model.encode(x)[0])
     graphdef, params = split_model(model)
-    eval_step = make_eval_step(graphdef, latent_dim=3, dynamic_binarize=False)
+    eval_step = make_eval_step(graphdef, latent_dim=3)
     mask, key = jnp.ones(4), jax.random.key(5)
     r1, r2 = eval_step(params, x, mask, key), eval_step(params, x, mask, key)
     np.testing.assert_array_equal(r1["recon_sum"], r2["recon_sum"])

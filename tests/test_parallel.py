@@ -115,6 +115,15 @@ def runs(tmp_path_factory) -> Path:
             fresh("pmap4_k4", w, "parallel.backend=pmap", "training.steps_per_call=4"),
             fresh("one", w, "parallel.num_devices=1"),
             fresh("one_long", w, "parallel.num_devices=1", "training.epochs=2"),
+            *(
+                fresh(f"iwae_{name}", w, *IWAE, *extra)
+                for name, extra in (
+                    ("shard4", []),
+                    ("pmap4", ["parallel.backend=pmap"]),
+                    ("one", ["parallel.num_devices=1"]),
+                    ("shard4_k4", ["training.steps_per_call=4"]),
+                )
+            ),
         ],
         devices=4,
     )
@@ -155,6 +164,25 @@ def test_steps_per_call_on_four_devices_equals_single_steps(runs, k4, k1):
     state = final_state_on_one_device(runs / "checkpoints" / k4)
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+IWAE = ["training.objective=iwae", "training.iwae_samples=3", "training.iwae_gradient=dreg"]
+
+
+@pytest.mark.parametrize("other", ["iwae_pmap4", "iwae_one", "iwae_shard4_k4"])
+def test_iwae_objective_on_any_backend_device_count_and_steps_per_call(runs, other):
+    """The IWAE bound (k = 3, DReG) as the loss: same numbers on 4 devices with shard_map or
+    pmap, on one device and with 4 steps per call; its bound is logged next to the ELBO."""
+    a, b = history(runs, "iwae_shard4", "train", "loss"), history(runs, other, "train", "loss")
+    assert len(a) == STEPS
+    np.testing.assert_allclose(b, a, rtol=RTOL)
+    bound = history(runs, "iwae_shard4", "train", "iwae_bound")
+    np.testing.assert_array_equal(bound, -a)
+    assert not np.array_equal(bound, history(runs, "iwae_shard4", "train", "elbo"))
+    reference = final_state_on_one_device(runs / "checkpoints" / "iwae_shard4")
+    assert_close_trees(final_state_on_one_device(runs / "checkpoints" / other), reference)
+    record = json.loads((runs / "checkpoints" / other / "metrics.json").read_text())
+    assert record["train_bound"] == "iwae k=3 (dreg)"
 
 
 @pytest.mark.parametrize("resumed", ["shard4_then_one", "one_then_pmap4"])

@@ -14,7 +14,7 @@ from src.models.registry import build_model
 from src.training.kl import free_bits_kl, kl_weight, kl_weight_from_config
 from src.training.optim import build_optimizer
 from src.training.state import init_state, split_model
-from src.training.step import make_train_step
+from src.training.step import Objective, make_train_step
 from src.utils.config import load_config
 from src.utils.parallel import make_mesh
 from tests.helpers import BASELINE
@@ -121,6 +121,7 @@ def one_step_metrics(overrides: list[str], steps: int) -> list[dict]:
         dynamic_binarize=False,
         nan_policy="stop",
         backend="shard_map",
+        objective=Objective.from_config(cfg.training),
     )
     state = init_state(params, tx)
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))

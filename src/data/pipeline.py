@@ -63,6 +63,8 @@ def load_splits(cfg: Any) -> Splits:
             )
     if cfg.binarize == "static":
         train, val, test = ((x > 0.5).astype(np.float32) for x in (train, val, test))
+    if cfg.binarize == "dynamic":
+        val, test = fixed_binarization(val, test, cfg.eval_binarize_seed)
     info = {
         "name": cfg.name,
         **data.info,
@@ -72,7 +74,25 @@ def load_splits(cfg: Any) -> Splits:
             s for s, x in (("val", data.val), ("test", data.test)) if x is None
         ],
     }
+    if cfg.binarize == "dynamic":
+        info["eval_binarize_seed"] = cfg.eval_binarize_seed
     return Splits(train, val, test, info)
+
+
+def fixed_binarization(
+    val: np.ndarray, test: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One Bernoulli(intensity) draw of the val and test images from seed.
+
+    Training re-draws its binary images every step (dynamic binarization); evaluation scores one
+    fixed binary data set, so that a reported NLL is that of a fixed set of binary images and
+    does not change with the evaluation batch size or key. val and test use distinct streams.
+    """
+    val_rng, test_rng = (np.random.default_rng([seed, i]) for i in (0, 1))
+    return (
+        (val_rng.random(val.shape, np.float32) < val).astype(np.float32),
+        (test_rng.random(test.shape, np.float32) < test).astype(np.float32),
+    )
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-LOG_2PI = math.log(2.0 * math.pi)
+from src.training.losses import LOG_2PI, importance_log_weights
 
 
 def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -63,34 +63,6 @@ def chunked_log_mean_exp(
     return running_max + jnp.log(running_sum) - math.log(num_samples)
 
 
-def importance_log_weights(
-    model: Any,
-    x: jax.Array,
-    mean: jax.Array,
-    logvar: jax.Array,
-    eps: jax.Array,
-) -> jax.Array:
-    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) with z_s = mean + exp(logvar/2) * eps_s.
-
-    log p(x|z) comes from the model's own likelihood (model.nll), learned scales included.
-
-    Args:
-      model: has decode(z [n, D]) -> decoder outputs and nll(outputs, x) -> [n] nats.
-      x: [B, H, W, C]; mean, logvar: [B, D]; eps: [S, B, D] standard normal.
-    Returns:
-      [S, B] log-weights.
-    """
-    num, batch, dim = eps.shape
-    z = mean + jnp.exp(0.5 * logvar) * eps
-    outputs = model.decode(z.reshape(num * batch, dim))
-    x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
-    log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
-    log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
-    # log q at its own sample: (z - mean)^2 / var = eps^2 exactly, with no cancellation.
-    log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar + LOG_2PI, axis=-1)
-    return log_px_z + log_pz - log_qz
-
-
 def iwae_log_likelihood(
     model: Any,
     x: jax.Array,
@@ -115,7 +87,7 @@ def iwae_log_likelihood(
 
     def log_weights(c: jax.Array) -> jax.Array:
         eps = jax.random.normal(jax.random.fold_in(key, c), (chunk, *mean.shape), mean.dtype)
-        return importance_log_weights(model, x, mean, logvar, eps)
+        return importance_log_weights(model, x, mean, logvar, eps)[0]
 
     return chunked_log_mean_exp(log_weights, num_samples, chunk)
 

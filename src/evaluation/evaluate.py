@@ -25,7 +25,7 @@ from src.models.registry import build_model
 from src.training.loop import derive_keys
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
-from src.training.step import draw_noise, make_eval_step
+from src.training.step import make_eval_step
 from src.utils import checkpoint
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError
@@ -103,22 +103,15 @@ def restore_state(
 
 
 def make_posterior_step(
-    graphdef: nnx.GraphDef,
-    *,
-    latent_dim: int,
-    dynamic_binarize: bool,
-    iwae_samples: int,
-    iwae_chunk: int,
+    graphdef: nnx.GraphDef, *, iwae_samples: int, iwae_chunk: int
 ) -> Callable[..., dict[str, jax.Array]]:
-    """step(params, batch, elbo_key, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
+    """step(params, x, elbo_key, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
 
-    The batch is binarized with elbo_key exactly as the ELBO step does, so all metrics see the
-    same x.
+    elbo_key is unused (the batch is scored as it is); it keeps the key layout of the ELBO pass.
     """
 
     @jax.jit
-    def step(params: Any, batch: jax.Array, elbo_key: jax.Array, iwae_key: jax.Array) -> dict:
-        x, _ = draw_noise(elbo_key, batch, latent_dim, dynamic_binarize)
+    def step(params: Any, x: jax.Array, elbo_key: jax.Array, iwae_key: jax.Array) -> dict:
         model = nnx.merge(graphdef, params)
         mean, logvar = model.encode(x)
         log_px = iwae_log_likelihood(model, x, iwae_key, iwae_samples, iwae_chunk)
@@ -156,13 +149,9 @@ def compute_metrics(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """All metrics of one split (nats per example unless named otherwise) and the posteriors."""
     ecfg = cfg.eval
-    step_args = {
-        "latent_dim": cfg.model.latent_dim,
-        "dynamic_binarize": cfg.data.binarize == "dynamic",
-    }
     # The training run's own validation function: same key, batch size and batch order.
     base = evaluate_split(
-        make_eval_step(graphdef, **step_args),
+        make_eval_step(graphdef, latent_dim=cfg.model.latent_dim),
         params,
         x,
         ecfg.batch_size,
@@ -171,7 +160,6 @@ def compute_metrics(
     )
     step = make_posterior_step(
         graphdef,
-        **step_args,
         iwae_samples=ecfg.iwae_samples,
         iwae_chunk=ecfg.iwae_chunk,
     )

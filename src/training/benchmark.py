@@ -41,7 +41,7 @@ from src.models.registry import build_model
 from src.training.loop import derive_keys, train_and_evaluate
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, param_count, split_model
-from src.training.step import make_train_step
+from src.training.step import Objective, make_train_step
 from src.utils import checkpoint
 from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
 from src.utils.errors import ConfigError
@@ -119,6 +119,7 @@ def build_step(cfg: Any) -> StepSetup:
         kl=tcfg.kl,
         dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,
+        objective=Objective.from_config(tcfg),
     )
     return StepSetup(keys, batches, per_epoch, mesh, state, train_step)
 
@@ -243,8 +244,6 @@ def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
     graphdef, params = split_model(model)
     step = make_posterior_step(
         graphdef,
-        latent_dim=cfg.model.latent_dim,
-        dynamic_binarize=cfg.data.binarize == "dynamic",
         iwae_samples=cfg.eval.iwae_samples,
         iwae_chunk=cfg.eval.iwae_chunk,
     )

@@ -22,7 +22,7 @@ from src.training import interval as accum
 from src.training.multistep import make_multi_step, steps_until_boundary
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_bytes, param_count, split_model
-from src.training.step import make_eval_step, make_train_step
+from src.training.step import Objective, make_eval_step, make_train_step
 from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
 from src.utils.errors import ConfigError, RunDirError
@@ -117,6 +117,7 @@ def train_and_evaluate(
         "param_count": param_count(state.params),
         "model_bytes": param_bytes(state.params),
         "total_steps": total_steps,
+        "train_bound": Objective.from_config(tcfg).describe(),
     }
     recorder = Recorder(
         paths.metrics,
@@ -149,21 +150,19 @@ def train_and_evaluate(
     recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
 
     # --- Steps.
-    step_args = {
-        "latent_dim": cfg.model.latent_dim,
-        "dynamic_binarize": cfg.data.binarize == "dynamic",
-    }
     train_step = make_train_step(
         graphdef,
         tx,
         schedule,
         mesh,
         backend=backend,
+        latent_dim=cfg.model.latent_dim,
         kl=tcfg.kl,
+        dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,
-        **step_args,
+        objective=Objective.from_config(tcfg),
     )
-    eval_step = make_eval_step(graphdef, **step_args)
+    eval_step = make_eval_step(graphdef, latent_dim=cfg.model.latent_dim)
     # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
     k = tcfg.steps_per_call
     run_steps = make_multi_step(train_step, tcfg.nan_policy, batch_size, mesh)
@@ -236,9 +235,9 @@ def train_and_evaluate(
         step = applied
         assert last is not None  # a step has run
         return nonfinite_failure(step + 1, last)
+
     if on_start is not None:
         on_start()
-
     recorder.update(status="running")
     started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
     tic = time.perf_counter()

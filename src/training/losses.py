@@ -4,10 +4,15 @@ Notation: x [batch, H, W, C] data, z [batch, D] latents, q(z|x) = N(mean, diag(e
 p(z) = N(0, I). The negative ELBO per example is  recon + kl  with
 recon = -E_q[log p(x|z)] (one reparameterized sample) and kl = KL(q(z|x) || p(z))
 (Kingma & Welling 2014, "Auto-Encoding Variational Bayes", Appendix B).
+
+The importance-weighted bound (Burda et al. 2016, "Importance Weighted Autoencoders") with k
+samples z_s ~ q(z|x) is  L_k(x) = log (1/k) sum_s w_s,  w_s = p(x|z_s) p(z_s) / q(z_s|x);
+L_1 is the ELBO and L_k increases with k towards log p(x).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -22,9 +27,13 @@ __all__ = [
     "categorical_nll",
     "gaussian_kl",
     "gaussian_nll",
+    "importance_log_weights",
+    "iwae_bound",
     "reparameterize",
     "vae_terms",
 ]
+
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -65,3 +74,39 @@ def vae_terms(model: Any, x: jax.Array, eps: jax.Array, dropout_key: jax.Array |
     z = reparameterize(mean, logvar, eps)
     recon = model.nll(model.decode(z, k_dec), x)
     return VAETerms(recon=recon, kl_per_dim=gaussian_kl(mean, logvar), mean=mean)
+
+
+def importance_log_weights(
+    model: Any,
+    x: jax.Array,
+    mean: jax.Array,
+    logvar: jax.Array,
+    eps: jax.Array,
+    dropout_key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) with z_s = mean + exp(logvar/2) * eps_s.
+
+    log p(x|z) comes from the model's own likelihood (model.nll), learned scales included.
+
+    Args:
+      model: has decode(z [n, D][, dropout_key]) -> outputs and nll(outputs, x) -> [n] nats.
+      x: [B, H, W, C]; mean, logvar: [B, D]; eps: [S, B, D] standard normal.
+      dropout_key: the decoder's dropout key (training), None for a deterministic decoder.
+    Returns:
+      ([S, B] log-weights, [S, B] log p(x|z_s)).
+    """
+    num, batch, dim = eps.shape
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    flat = z.reshape(num * batch, dim)
+    outputs = model.decode(flat) if dropout_key is None else model.decode(flat, dropout_key)
+    x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
+    log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
+    log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
+    # log q at its own sample: (z - mean)^2 / var = eps^2 exactly, with no cancellation.
+    log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar + LOG_2PI, axis=-1)
+    return log_px_z + log_pz - log_qz, log_px_z
+
+
+def iwae_bound(log_weights: jax.Array) -> jax.Array:
+    """L_k = log (1/k) sum_s exp(log w_s) over the leading (sample) axis: [S, ...] -> [...]."""
+    return jax.nn.logsumexp(log_weights, axis=0) - math.log(log_weights.shape[0])

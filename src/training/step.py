@@ -11,6 +11,12 @@ All noise (reparameterization, dynamic binarization) is drawn for the *global* b
 split, so the numbers do not depend on how many devices share the batch (up to the order of the
 floating-point sums in pmean).
 
+training.objective picks the bound that is optimized: the ELBO (the single-sample estimate with
+the analytic KL, weighted and floored by training.kl) or the IWAE bound L_k with
+k = training.iwae_samples (Burda et al. 2016), whose encoder gradient is either the standard
+reparameterized one or DReG (Tucker et al. 2019, "Doubly Reparameterized Gradient Estimators
+for Monte Carlo Objectives"). k = 1 is the ELBO and runs the ELBO's code.
+
 The one exception is transformer dropout (model.transformer.dropout > 0): each device draws its
 masks from fold_in(dropout_key, device index) inside the body, so those masks, and the numbers,
 depend on the device count.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
 from src.training.kl import free_bits_kl, kl_weight_from_config
-from src.training.losses import vae_terms
+from src.training.losses import LOG_2PI, gaussian_kl, importance_log_weights, iwae_bound, vae_terms
 from src.training.state import TrainState
 from src.utils.parallel import AXIS, split_on_devices
 
@@ -39,14 +45,117 @@ DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from s
 StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
 
+class Objective(NamedTuple):
+    """The optimized bound: training.objective, training.iwae_samples, training.iwae_gradient."""
+
+    name: str  # elbo | iwae
+    samples: int  # k of the IWAE bound
+    gradient: str  # standard | dreg (encoder gradient of the IWAE bound)
+
+    @classmethod
+    def from_config(cls, training: Any) -> Objective:
+        return cls(training.objective, training.iwae_samples, training.iwae_gradient)
+
+    @property
+    def is_iwae(self) -> bool:
+        """True when the step optimizes L_k with k > 1 (k = 1 is the ELBO)."""
+        return self.name == "iwae" and self.samples > 1
+
+    def describe(self) -> str:
+        """'elbo' or 'iwae k=5 (dreg)', for the run record."""
+        return f"iwae k={self.samples} ({self.gradient})" if self.is_iwae else "elbo"
+
+
 def draw_noise(
-    key: jax.Array, x: jax.Array, latent_dim: int, dynamic_binarize: bool
+    key: jax.Array, x: jax.Array, latent_dim: int, dynamic_binarize: bool, samples: int = 1
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (possibly re-binarized x, eps [batch, latent_dim]) from one step key."""
+    """Returns (possibly re-binarized x, eps) from one step key.
+
+    eps is [batch, latent_dim] for one sample per example, [batch, samples, latent_dim] for
+    more: batch first either way, so it is split over the devices like x.
+    """
     k_eps, k_bin = jax.random.split(key)
     if dynamic_binarize:
         x = binarize(k_bin, x)
-    return x, jax.random.normal(k_eps, (x.shape[0], latent_dim), x.dtype)
+    shape = (x.shape[0], latent_dim) if samples == 1 else (x.shape[0], samples, latent_dim)
+    return x, jax.random.normal(k_eps, shape, x.dtype)
+
+
+def iwae_metrics(log_w: jax.Array, log_px_z: jax.Array, mean: jax.Array, logvar: jax.Array):
+    """The IWAE loss (-mean L_k) and the metrics logged for every objective.
+
+    recon, kl and elbo are the single-sample ELBO of the first sample with the analytic KL,
+    as the ELBO objective logs them; iwae_bound is the batch mean of L_k.
+    """
+    bound = iwae_bound(log_w).mean()
+    recon = -log_px_z[0].mean()
+    kl_per_dim = gaussian_kl(mean, logvar).mean(axis=0)
+    kl_sum = kl_per_dim.sum()
+    return -bound, {
+        "loss": -bound,
+        "recon": recon,
+        "kl": kl_sum,
+        "elbo": -(recon + kl_sum),
+        "kl_per_dim": kl_per_dim,
+        "iwae_bound": bound,
+    }
+
+
+def iwae_grads(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    x: jax.Array,
+    eps: jax.Array,
+    key: jax.Array,
+    gradient: str,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradient of -mean L_k and the metrics; eps [batch, k, D].
+
+    standard: the reparameterized gradient of L_k in every parameter (Burda et al. 2016).
+    dreg: the decoder's gradient is the same; the encoder's is
+      sum_s w~_s^2 d log w_s / d z_s * d z_s / d phi  (w~ the normalized weights),
+    with log q(z|x) evaluated at stopped encoder outputs, so the encoder is reached only
+    through z (Tucker et al. 2019, eq. 5). Computed in one forward and one backward pass:
+    the cotangent reaching z from log w is multiplied by w~ before it enters the encoder.
+    """
+    k_enc, k_dec = jax.random.split(key)
+    eps = jnp.swapaxes(eps, 0, 1)  # [k, batch, D]
+
+    if gradient == "standard":
+
+        def loss_fn(p: Any) -> tuple[jax.Array, dict]:
+            model = nnx.merge(graphdef, p)
+            mean, logvar = model.encode(x, k_enc)
+            log_w, log_px_z = importance_log_weights(model, x, mean, logvar, eps, k_dec)
+            return iwae_metrics(log_w, log_px_z, mean, logvar)
+
+        return jax.grad(loss_fn, has_aux=True)(params)
+
+    def sample_z(p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        mean, logvar = nnx.merge(graphdef, p).encode(x, k_enc)
+        return mean + jnp.exp(0.5 * logvar) * eps, (mean, logvar)
+
+    z, z_vjp, (mean, logvar) = jax.vjp(sample_z, params, has_aux=True)
+    q_mean, q_logvar = jax.lax.stop_gradient((mean, logvar))
+
+    def log_weights(p: Any, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        model = nnx.merge(graphdef, p)
+        num, batch, dim = z.shape
+        outputs = model.decode(z.reshape(num * batch, dim), k_dec)
+        x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
+        log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
+        log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
+        log_qz = -0.5 * jnp.sum(
+            jnp.square(z - q_mean) * jnp.exp(-q_logvar) + q_logvar + LOG_2PI, axis=-1
+        )
+        return log_px_z + log_pz - log_qz, log_px_z
+
+    log_w, w_vjp, log_px_z = jax.vjp(log_weights, params, z, has_aux=True)
+    normalized = jax.nn.softmax(log_w, axis=0)  # w~_s, [k, batch]
+    decoder_grads, z_cotangent = w_vjp(-normalized / x.shape[0])
+    (encoder_grads,) = z_vjp(z_cotangent * normalized[..., None])
+    grads = jax.tree.map(jnp.add, decoder_grads, encoder_grads)
+    return grads, iwae_metrics(log_w, log_px_z, mean, logvar)[1]
 
 
 def guard_nonfinite(
@@ -90,6 +199,7 @@ def make_train_step(
     kl: Any,
     dynamic_binarize: bool,
     nan_policy: str,
+    objective: Objective,
 ) -> StepFn:
     """Builds the compiled step for `backend` (shard_map | pmap); the state is donated.
 
@@ -99,9 +209,13 @@ def make_train_step(
     state.step, and free bits floor each dimension's batch-mean KL (src/training/kl.py).
     loss = recon + w * sum_d max(free_bits, KL_d) is optimized; elbo = -(recon + sum_d KL_d).
 
+    objective iwae (k > 1): loss = -mean L_k (see iwae_grads); kl must then be the plain ELBO's
+    (beta 1, no warm-up or free bits: checked with the config).
+
     A step whose loss or gradient norm is not finite is dropped (see guard_nonfinite) and
     flagged with metrics["nonfinite"] = 1.
     """
+    samples = objective.samples if objective.is_iwae else 1
 
     def loss_fn(
         params: Any, x: jax.Array, eps: jax.Array, weight: jax.Array, key: jax.Array
@@ -136,7 +250,10 @@ def make_train_step(
         # devices (the transpose of the implicit broadcast), which the pmean below would turn
         # into devices x the mean gradient. Under pmap the cast changes nothing.
         local_params = jax.lax.pcast(state.params, AXIS, to="varying")
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, x, eps, weight, key)
+        if objective.is_iwae:
+            grads, metrics = iwae_grads(graphdef, local_params, x, eps, key, objective.gradient)
+        else:
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, x, eps, weight, key)
         grads, metrics = jax.lax.pmean((grads, metrics), AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -161,7 +278,7 @@ def make_train_step(
 
         @functools.partial(jax.jit, out_shardings=split_on_devices(mesh))
         def per_device_inputs(batch: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-            x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize)
+            x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
             return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
 
         def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
@@ -175,23 +292,24 @@ def make_train_step(
     )
 
     def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
-        x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize)
+        x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
         return sharded_body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM))
 
     return jax.jit(step, donate_argnums=0)
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, *, latent_dim: int, dynamic_binarize: bool
+    graphdef: nnx.GraphDef, *, latent_dim: int
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
     """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means.
 
-    Deterministic network (no dropout); only the reparameterization noise comes from key.
+    Deterministic network (no dropout); only the reparameterization noise comes from key. The
+    batch is scored as it is (evaluation splits are binarized once, src/data/pipeline.py).
     """
 
     @jax.jit
     def eval_step(params: Any, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
-        x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize)
+        x, eps = draw_noise(key, batch, latent_dim, False)
         terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)
         return {
             "recon_sum": jnp.sum(terms.recon * mask),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ POSITIVE = {
     "checkpoint.every_steps",
     "checkpoint.keep_last",
     "training.steps_per_call",
+    "training.iwae_samples",
     "data.device_memory_fraction",
     "data.prefetch",
     "data.synthetic.num_examples",
@@ -98,6 +100,8 @@ CHOICES = {
     "checkpoint.best_mode": ("max", "min"),
     "parallel.backend": ("shard_map", "pmap"),
     "training.nan_policy": ("stop", "skip"),
+    "training.objective": ("elbo", "iwae"),
+    "training.iwae_gradient": ("standard", "dreg"),
     "parallel.distributed": ("auto", "true", "false"),
 }
 # String keys that also accept a YAML bool, stored as "true" / "false" (e.g. on_device: auto|true|false).
@@ -297,6 +301,10 @@ def check_model(model: Mapping[str, Any]) -> None:
 
 def check_values(cfg: Mapping[str, Any]) -> None:
     """Range and choice checks that a type check cannot express."""
+    for key in _flat_keys(cfg):
+        value = _get(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
     for key in sorted(POSITIVE):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)!r}")
@@ -315,6 +323,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("training.kl.warmup_steps must be > 0 when training.kl.warmup is linear")
     if kl["cycle_ramp"] == 0:
         raise ConfigError("training.kl.cycle_ramp must be in (0, 1], got 0")
+    check_objective(cfg["training"])
     if cfg["parallel"]["process_id"] < -1:
         raise ConfigError(
             f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"
@@ -332,6 +341,28 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
             f"{likelihood} needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
+        )
+
+
+def check_objective(training: Mapping[str, Any]) -> None:
+    """The IWAE bound is optimized as it is: the KL knobs belong to the ELBO objective."""
+    if training["objective"] == "elbo":
+        if training["iwae_gradient"] != "standard":
+            raise ConfigError(
+                "training.iwae_gradient=dreg needs training.objective=iwae (it is the IWAE "
+                "bound's encoder gradient)"
+            )
+        return
+    kl = training["kl"]
+    changed = [
+        f"training.kl.{k}={kl[k]}"
+        for k, plain in (("beta", 1.0), ("warmup", "none"), ("free_bits", 0.0))
+        if kl[k] != plain
+    ]
+    if changed:
+        raise ConfigError(
+            f"training.objective=iwae optimizes the IWAE bound as it is; {', '.join(changed)} "
+            "applies to the ELBO objective only (use beta 1, warmup none, free_bits 0)"
         )
 
 
