@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from src.utils.config import load_config, save_config
 from src.utils.errors import ConfigError, DataError, RunDirError
 from src.utils.io import read_json
 from src.utils.rundir import lock_run, prepare, run_paths
-from tests.helpers import BASELINE, TINY
+from tests.helpers import BASELINE, REPO, TINY
 
 
 def cli_args(workdir: Path, run_id: str, *extra: str) -> list[str]:
@@ -253,3 +254,116 @@ def test_a_sweep_does_not_start_a_trial_whose_run_is_held(tmp_path):
         proc.wait()
     assert outcome.status == "busy" and f"in use by process {proc.pid}" in outcome.error
     assert not paths.run_dir.exists()  # nothing started, nothing written
+
+
+# --- 13, 15. Signals: SIGHUP as SIGTERM; before the start, nothing changes; at the end, the exit
+# status and the record agree.
+
+
+@pytest.fixture
+def default_handlers():
+    """Handlers standing in for the default action (death) of SIGTERM/SIGHUP/SIGINT, which would
+    end pytest: a signal the command leaves to them is listed instead."""
+    reached: list[str] = []
+    sigs = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {
+        s: signal.signal(s, lambda n, f: reached.append(signal.Signals(n).name)) for s in sigs
+    }
+    yield reached
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def at_batch(monkeypatch, call: int, action) -> None:
+    """Runs action() when the loop gathers the batch of the given call (0-based)."""
+    from src.data import batches
+
+    original = batches.take_batch
+    counter = {"n": 0}
+
+    def take_batch(*args, **kwargs):
+        n, counter["n"] = counter["n"], counter["n"] + 1
+        if n == call:
+            action()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "take_batch", take_batch)
+
+
+def test_sighup_stops_a_run_like_sigterm(tmp_path, monkeypatch, default_handlers, capsys):
+    from src.training.entry import main
+
+    at_batch(monkeypatch, 29, lambda: os.kill(os.getpid(), signal.SIGHUP))
+    assert main(cli_args(tmp_path, "hup")) == 128 + signal.SIGHUP
+    assert default_handlers == []
+    record = read_json(tmp_path / "checkpoints" / "hup" / "metrics.json")
+    assert record["status"] == "interrupted" and record["signal"] == "SIGHUP"
+    assert record["stopped_at_step"] == 30
+    assert "--run_id=hup --resume" in capsys.readouterr().err
+
+
+def test_a_signal_before_training_starts_keeps_the_replaced_run(
+    tmp_path, monkeypatch, default_handlers, capsys
+):
+    from src.training import loop
+    from src.training.entry import main
+
+    files = fake_run(tmp_path, "keep")
+    load_splits = loop.load_splits
+
+    def interrupted(cfg: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load_splits(cfg)
+
+    monkeypatch.setattr(loop, "load_splits", interrupted)
+    assert main(cli_args(tmp_path, "keep", "--overwrite")) == 128 + signal.SIGTERM
+    assert default_handlers == []
+    assert_files(files)
+    assert leftovers(tmp_path) == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SIGTERM: stopped before training started" in err[0]
+
+
+def test_a_signal_after_the_loop_leaves_a_completed_run_and_exit_0(
+    tmp_path, monkeypatch, default_handlers
+):
+    """The last moments: the loop has ended, the record is being closed."""
+    from src.training import loop
+    from src.training.entry import main
+
+    record_end = loop.run_index.record_end
+
+    def late(*args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        record_end(*args, **kwargs)
+
+    monkeypatch.setattr(loop.run_index, "record_end", late)
+    assert main(cli_args(tmp_path, "late")) == 0
+    assert default_handlers == []  # no default action: the process would have died with 143
+    assert read_json(tmp_path / "checkpoints" / "late" / "metrics.json")["status"] == "completed"
+
+
+def test_a_signal_after_the_command_ended_exits_with_its_status():
+    """Run as the script, the guard stays installed while the interpreter shuts down."""
+    code = (
+        "import os, signal, time\n"
+        "from src.utils.signals import CommandGuard\n"
+        "guard = CommandGuard(keep=True).__enter__()\n"
+        "guard.phase = 'after'\n"
+        "guard.finish(3)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60)
+    assert result.returncode == 3
+
+
+# --- 8. A run id too long for a file name.
+
+
+def test_a_300_character_run_id_is_refused_naming_the_limit(tmp_path):
+    from src.training.entry import main
+
+    with pytest.raises(RunDirError, match="300 characters; at most 200"):
+        main(cli_args(tmp_path, "a" * 300))
+    assert not (tmp_path / "checkpoints").exists()

@@ -9,6 +9,7 @@ from typing import Any
 
 from src.utils.cli import (
     NONFINITE_STATUS,
+    USER_ERROR_STATUS,
     ArgumentParser,
     interrupted_status,
     overrides_help,
@@ -21,7 +22,7 @@ from src.utils.config import (
     load_saved_config,
     read_yaml,
 )
-from src.utils.errors import ConfigError, RunDirError
+from src.utils.errors import ConfigError, RunDirError, RunError, UserError
 from src.utils.io import guarded_console
 from src.utils.rundir import (
     Replacement,
@@ -31,6 +32,7 @@ from src.utils.rundir import (
     prepare,
     run_paths,
 )
+from src.utils.signals import CommandGuard, Interrupted
 
 # Keys that may differ when resuming: they change how long the run is, where it runs (the
 # checkpoint does not depend on the device count) or how fast, not what it computes.
@@ -151,6 +153,17 @@ def resume_config(args: Any, overrides: list[str], paths: RunPaths) -> Any:
     return requested
 
 
+def exit_status(e: BaseException) -> int:
+    """The status src.utils.cli.run gives the command for e (a bug's traceback: 1)."""
+    if isinstance(e, UserError):
+        return USER_ERROR_STATUS
+    if isinstance(e, RunError):
+        return e.exit_status
+    if isinstance(e, KeyboardInterrupt):
+        return interrupted_status(signal.SIGINT)
+    return 1
+
+
 def writes_run_folder(parallel: Any) -> bool:
     """Whether this process prepares and locks the run folder: process 0 of a multi-process run.
 
@@ -170,9 +183,27 @@ def writes_run_folder(parallel: Any) -> bool:
 
 
 def main(argv: Sequence[str]) -> int:
-    """The train command; a closed stdout or stderr (`| head`, a closed terminal) is ignored."""
-    with guarded_console():
-        return _main(argv)
+    """The train command; a closed stdout or stderr (`| head`, a closed terminal) is ignored.
+
+    Signals (src/utils/signals.py): before training starts, SIGTERM/SIGINT/SIGHUP stop the
+    command at once (an --overwrite'n run is restored); during training they stop it gracefully;
+    after it, the exit status follows the record. Run as the script (argv is the process's own),
+    the handlers stay installed until the process has ended.
+    """
+    script = list(argv) == sys.argv[1:]
+    with guarded_console(), CommandGuard(keep=script) as guard:
+        try:
+            return guard.finish(_main(argv))
+        except Interrupted as e:
+            print(
+                f"{e}: stopped before training started; nothing was trained (a run being "
+                "replaced by --overwrite is kept)",
+                file=sys.stderr,
+            )
+            return guard.finish(interrupted_status(e.signum))
+        except BaseException as e:
+            guard.finish(exit_status(e))
+            raise
 
 
 def _main(argv: Sequence[str]) -> int:
