@@ -367,3 +367,57 @@ def test_a_300_character_run_id_is_refused_naming_the_limit(tmp_path):
     with pytest.raises(RunDirError, match="300 characters; at most 200"):
         main(cli_args(tmp_path, "a" * 300))
     assert not (tmp_path / "checkpoints").exists()
+
+
+# --- 11. nan_policy skip does not hide a divergence.
+
+
+def inject_nan_at(monkeypatch, calls: set[int]) -> None:
+    """Replaces the batches of the given step indices (0-based) with NaN, in this process only."""
+    import numpy as np
+
+    from src.data import batches
+
+    original = batches.take_batch
+    counter = {"n": 0}
+
+    def take_batch(*args, **kwargs):
+        batch = original(*args, **kwargs)
+        n, counter["n"] = counter["n"], counter["n"] + 1
+        return batch * np.nan if n in calls else batch
+
+    monkeypatch.setattr(batches, "take_batch", take_batch)
+
+
+def test_skipping_more_than_the_allowed_share_of_steps_fails_the_run(tmp_path, monkeypatch, capsys):
+    from src.training.entry import main
+
+    inject_nan_at(monkeypatch, set(range(20, 88)))  # diverged after step 20
+    status = main(cli_args(tmp_path, "skip", "--config.training.nan_policy=skip"))
+    assert status == 3
+    record = read_json(tmp_path / "checkpoints" / "skip" / "metrics.json")
+    assert record["status"] == "failed" and record["skipped_steps"] == 10
+    # Found when step 30's record is written, after step 31 has been dispatched (loop.py).
+    assert record["failure"]["step"] == 30 and record["stopped_at_step"] == 31
+    assert "10 of 30 steps skipped" in record["failure"]["reason"]
+    assert "training.max_skipped_fraction=0.1" in capsys.readouterr().err
+
+
+def test_a_nonfinite_validation_fails_the_run(tmp_path, monkeypatch):
+    import numpy as np
+
+    from src.training import loop
+    from src.training.entry import main
+
+    evaluate_split = loop.evaluate_split
+
+    def diverging(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        metrics = evaluate_split(*args, **kwargs)
+        return {**metrics, "elbo": -np.inf}
+
+    monkeypatch.setattr(loop, "evaluate_split", diverging)
+    status = main(cli_args(tmp_path, "val", "--config.training.nan_policy=skip"))
+    assert status == 3
+    record = read_json(tmp_path / "checkpoints" / "val" / "metrics.json")
+    assert record["status"] == "failed" and record["stopped_at_step"] == 20
+    assert record["failure"] == {"step": 20, "reason": "non-finite validation elbo"}

@@ -261,10 +261,16 @@ def _main(argv: Sequence[str]) -> int:
         return interrupted_status(getattr(signal, name))
     if record["status"] == "failed":
         failure = record["failure"]
+        if "loss" in failure:  # a non-finite step under nan_policy stop
+            detail = (
+                f" (loss={failure['loss']}, grad_norm={failure['grad_norm']}); model_last holds "
+                f"step {record['stopped_at_step']}; training.nan_policy=skip drops such steps "
+                "instead"
+            )
+        else:  # diverged: too many skipped steps, or a non-finite validation
+            detail = f"; model_last holds step {record['stopped_at_step']}"
         print(
-            f"run {run}: failed: {failure['reason']} at step {failure['step']} "
-            f"(loss={failure['loss']}, grad_norm={failure['grad_norm']}); model_last holds step "
-            f"{record['stopped_at_step']}; training.nan_policy=skip drops such steps instead",
+            f"run {run}: failed: {failure['reason']} at step {failure['step']}{detail}",
             file=sys.stderr,
         )
         return NONFINITE_STATUS

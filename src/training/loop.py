@@ -169,9 +169,12 @@ def train_and_evaluate(
     boundaries = (cfg.logging.every_steps, cfg.eval.every_steps, cfg.checkpoint.every_steps)
 
     pending_best: tuple[int, Any, dict[str, Any]] | None = None
+    # A run that diverged without a non-finite step (nan_policy skip: too many skipped steps;
+    # a non-finite validation): the failure, which ends the loop at the next boundary.
+    diverged: dict[str, Any] | None = None
 
     def validate(step: int) -> None:
-        nonlocal best, pending_best
+        nonlocal best, pending_best, diverged
         canonical = from_backend(state, mesh, backend)
         metrics = evaluate_split(
             eval_step,
@@ -183,6 +186,10 @@ def train_and_evaluate(
         )
         recorder.log(step, "val", metrics)
         value = metrics[cfg.checkpoint.best_metric]
+        bad = [k for k in dict.fromkeys(("elbo", cfg.checkpoint.best_metric)) if k in metrics]
+        bad = [k for k in bad if not np.isfinite(metrics[k])]
+        if bad and diverged is None:
+            diverged = {"step": step, "reason": "non-finite validation " + " and ".join(bad)}
         if is_better(value, best, cfg.checkpoint.best_mode):
             best = value
             # Held on the device until the next model_last save writes it: one save per
@@ -255,6 +262,19 @@ def train_and_evaluate(
         means["examples_per_sec"] = steps * batch_size / seconds
         recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
         recorder.update(skipped_steps=recorder.data["skipped_steps"] + means["skipped_steps"])
+        check_skipped(step)
+
+    def check_skipped(step: int) -> None:
+        """nan_policy skip: more than training.max_skipped_fraction of the steps so far skipped
+        is a divergence, not noise."""
+        nonlocal diverged
+        skipped = recorder.data["skipped_steps"]
+        if skipped > tcfg.max_skipped_fraction * step and diverged is None:
+            diverged = {
+                "step": step,
+                "reason": f"{skipped} of {step} steps skipped (non-finite), more than "
+                f"training.max_skipped_fraction={tcfg.max_skipped_fraction}",
+            }
 
     # A train record is written (metrics.json, TensorBoard, console) after the next call has
     # been dispatched, so that the device computes meanwhile; at once where a validation, a
@@ -263,7 +283,7 @@ def train_and_evaluate(
     failure: dict[str, Any] | None = None
     try:
         with StopRequest() as stop:
-            while step < total_steps and stop.signum is None:
+            while step < total_steps and stop.signum is None and diverged is None:
                 n = k if steps_until_boundary(step, boundaries, total_steps) >= k else 1
                 previous = last
                 state, sums, last = run_steps(
@@ -300,8 +320,8 @@ def train_and_evaluate(
                     untimed(save_last, step)
             if unlogged is not None:  # stopped by a signal right after a logging boundary
                 log_train(*unlogged)
-            if failure is None:  # stopped by a signal between boundaries
-                failure = check_stop()
+            if failure is None:  # stopped by a signal between boundaries, or diverged
+                failure = check_stop() or diverged
             if stop.signum is not None or failure is not None:
                 save_last(step)
             checkpoint.wait(last_manager)

@@ -84,6 +84,7 @@ PROBABILITY = {
     "optimizer.b2",
     "optimizer.end_lr_fraction",
     "training.kl.cycle_ramp",
+    "training.max_skipped_fraction",
 }
 CHOICES = {
     "model.type": ("mlp", "conv", "transformer"),
