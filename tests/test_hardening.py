@@ -421,3 +421,49 @@ def test_a_nonfinite_validation_fails_the_run(tmp_path, monkeypatch):
     record = read_json(tmp_path / "checkpoints" / "val" / "metrics.json")
     assert record["status"] == "failed" and record["stopped_at_step"] == 20
     assert record["failure"] == {"step": 20, "reason": "non-finite validation elbo"}
+
+
+# --- 9. A truncated metrics.json is named, not a traceback.
+
+
+@pytest.fixture
+def stopped_run(tmp_path, monkeypatch, default_handlers) -> Path:
+    """A tiny run stopped by SIGTERM at step 30 (model_last holds step 30); its run folder."""
+    from src.training.entry import main
+
+    at_batch(monkeypatch, 29, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert main(cli_args(tmp_path, "stopped")) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    return tmp_path / "checkpoints" / "stopped"
+
+
+def resume(run_dir: Path) -> int:
+    from src.training.entry import main
+
+    return main([f"--workdir={run_dir.parents[1]}", f"--run_id={run_dir.name}", "--resume"])
+
+
+def test_resume_with_a_truncated_metrics_json_names_the_file(stopped_run):
+    from src.utils.errors import StorageError
+
+    metrics = stopped_run / "metrics.json"
+    metrics.write_bytes(metrics.read_bytes()[:500])
+    with pytest.raises(
+        StorageError, match=f"cannot read {re.escape(str(metrics))}: not valid JSON"
+    ):
+        resume(stopped_run)
+    assert len(metrics.read_bytes()) == 500  # left as it was
+    with pytest.raises(StorageError) as info:
+        resume(stopped_run)
+    assert info.value.exit_status == 4
+
+
+def test_a_sweep_resumes_a_trial_whose_metrics_json_is_truncated(tmp_path):
+    """The trial's train.py then names the file (exit 4); the sweep itself does not crash."""
+    from src.experiments.runner import trial_action
+
+    run_dir = tmp_path / "t"
+    (run_dir / "model_last" / "30").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("x: 1\n")
+    (run_dir / "metrics.json").write_text('{"status": "compl')
+    assert trial_action(run_dir) == "resume"

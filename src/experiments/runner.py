@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from src.experiments.spec import REPO_ROOT, SweepSpec, Trial
 from src.utils.config import config_hash, load_config
-from src.utils.errors import ConfigError, RunDirError, UserError
+from src.utils.errors import ConfigError, RunDirError, StorageError, UserError
 from src.utils.io import read_json
 from src.utils.rundir import holder, run_paths
 
@@ -55,13 +55,21 @@ def trial_action(run_dir: Path) -> str:
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return "new"
     metrics = run_dir / "metrics.json"
-    if metrics.is_file() and read_json(metrics).get("status") == "completed":
+    if metrics.is_file() and _status(metrics) == "completed":
         return "skip"
     last = run_dir / "model_last"
     has_step = last.is_dir() and any(p.name.isdigit() for p in last.iterdir())
     if (run_dir / "config.yaml").is_file() and has_step:
         return "resume"
     return "restart"
+
+
+def _status(metrics: Path) -> str | None:
+    """The status in metrics.json; None when it does not read (train.py then says why)."""
+    try:
+        return read_json(metrics).get("status")
+    except StorageError:
+        return None
 
 
 def expected_hash(spec: SweepSpec, trial: Trial) -> str | None:
@@ -191,7 +199,7 @@ def run_trial(
     seconds = time.perf_counter() - tic
     label = {"new": "new", "resume": "resumed", "restart": "restarted"}[action]
     metrics = run_dir / "metrics.json"
-    status = read_json(metrics).get("status", "failed") if metrics.is_file() else "failed"
+    status = (_status(metrics) or "failed") if metrics.is_file() else "failed"
     if proc.returncode == 0 and status == "completed":
         return Outcome(trial.run_id, label, "completed", "", seconds)
     if status in ("completed", "running"):  # failed after its record, or killed before writing it

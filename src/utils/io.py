@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from src.utils.errors import StorageError
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes text to a temporary file in the same folder, fsyncs it, then renames it over path."""
@@ -38,7 +40,16 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """The JSON value in path; a file that is not complete JSON (cut short by a full disk or a
+    crash outside our atomic writes, or edited by hand) is a StorageError (exit 4) naming it."""
+    text = path.read_text(errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StorageError(
+            f"cannot read {path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; "
+            f"{len(text)} characters); restore it or start the run again with --overwrite"
+        ) from None
 
 
 class GuardedStream:
