@@ -1,10 +1,12 @@
 """The notebook policy: notebooks analyse saved runs and never train; outputs are not committed;
-notebooks/analysis.ipynb runs headless against a tiny run made here."""
+the README's command (scripts/analyze.py) runs notebooks/analysis.ipynb headless against a tiny
+run made here and writes its figures."""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,9 +14,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from src.evaluation.evaluate import evaluate_run
+from src.evaluation.notebook import RUN_DIR_ENV, kl_bars, pick_run, stale_evals
+from src.utils.errors import RunDirError
 from tests.helpers import BASELINE, REPO, TINY, run_script
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -123,7 +126,14 @@ def test_strip_hook_clears_outputs(tmp_path: Path):
     assert "execution" not in clean.cells[1].metadata
 
 
-def test_analysis_notebook_runs_headless_on_a_tiny_run(tmp_path: Path, monkeypatch):
+def test_readme_notebook_command_writes_the_figures(tmp_path: Path, monkeypatch):
+    """`python scripts/analyze.py` as the README writes it: no run given, it picks the newest run
+    of the workdir, executes the notebook and writes analysis.html and analysis.ipynb with the
+    three figures under <workdir>/figures/<run_id>/; a stale eval record is warned about."""
+    readme = (REPO / "README.md").read_text()
+    assert "python scripts/analyze.py" in readme
+    assert "figures/<run_id>/analysis.html" in readme
+
     result = run_script(
         "train.py",
         f"--config={BASELINE}",
@@ -134,18 +144,100 @@ def test_analysis_notebook_runs_headless_on_a_tiny_run(tmp_path: Path, monkeypat
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "checkpoints" / "nb"
     small = ["eval.iwae_samples=8", "eval.iwae_chunk=8", "eval.mi_samples=2", "eval.figures=false"]
-    evaluate_run(run_dir, "best", "test", small)
+    record, _ = evaluate_run(run_dir, "best", "test", small)
+    # An older run, which must not be picked, and an eval record of a step model_best has left.
+    older = tmp_path / "checkpoints" / "older"
+    older.mkdir()
+    (older / "metrics.json").write_text((run_dir / "metrics.json").read_text())
+    os.utime(older / "metrics.json", (1_000_000_000, 1_000_000_000))
+    stale = {**record, "step": record["step"] - 20}
+    (run_dir / "eval" / "best_test.json").write_text(json.dumps(stale))
 
-    monkeypatch.setenv("LATENT_VAE_RUN_DIR", str(run_dir))
-    nb = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
-    client = NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    result = run_script("analyze.py", f"--workdir={tmp_path}", timeout=300)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "figures" / "nb"
+    html, executed = folder / "analysis.html", folder / "analysis.ipynb"
+    assert result.stdout.strip() == f"nb: wrote {html} and {executed}"
+    assert "Traceback" not in result.stderr and "\x1b[" not in result.stderr
+    assert (
+        f"warning: eval/best_test.json is of step {stale['step']} but model_best is now at step "
+        f"{record['step']}" in result.stderr
     )
-    client.execute()  # raises CellExecutionError on the first failing cell
 
+    nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert [o for o in outputs if o.output_type == "error"] == []
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"run: {run_dir.resolve()}" in text and "status=completed" in text
     assert "best_test" in text  # the eval record's row
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3  # curves, KL per dimension, reconstructions
+    page = html.read_text()
+    assert all(image[:200] in page for image in images)  # embedded in the HTML
+
+
+def test_notebook_command_without_a_run_says_what_to_pass(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    result = run_script("analyze.py", f"--workdir={tmp_path}", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"no run under {tmp_path / 'checkpoints'}: pass --run_dir=" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pick_run_takes_the_given_run_else_the_newest(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    root = tmp_path / "checkpoints"
+    for age, name in ((3, "old"), (2, "newer"), (1, ".newer.replaced"), (0, "no_record")):
+        (root / name).mkdir(parents=True)
+        if name != "no_record":
+            (root / name / "metrics.json").write_text("{}")
+            os.utime(root / name / "metrics.json", (2_000_000_000 - age, 2_000_000_000 - age))
+    assert pick_run(workdir=tmp_path) == (root / "newer").resolve()
+    assert pick_run(root / "old", workdir=tmp_path) == (root / "old").resolve()
+    monkeypatch.setenv(RUN_DIR_ENV, str(root / "old"))
+    assert pick_run(workdir=tmp_path) == (root / "old").resolve()
+    with pytest.raises(RunDirError, match="no_record: no metrics.json"):
+        pick_run(root / "no_record")
+
+
+def test_stale_eval_records_are_named(tmp_path: Path):
+    for folder in ("model_best/40", "model_best/60", "model_last/88", "model_last/90.orbax-tmp"):
+        (tmp_path / folder).mkdir(parents=True)
+    evals = {
+        "best_test": {"checkpoint": "best", "step": 60, "split": "test"},
+        "best_val": {"checkpoint": "best", "step": 40, "split": "val"},
+        "last_test": {"checkpoint": "last", "step": 88, "split": "test"},
+    }
+    warnings = stale_evals(tmp_path, evals)
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "warning: eval/best_val.json is of step 40 but model_best is now at step 60"
+    )
+    assert "--checkpoint=best --split=val" in warnings[0]
+
+
+def test_kl_bars_are_in_dimension_order_labelled_by_index():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    record = {
+        "kl_per_dim": [0.1, 2.0, 0.0, 0.7],
+        "posterior_mean_var": [0.5, 0.9, 0.001, 0.2],
+        "active_threshold": 0.01,
+        "active_units": 3,
+    }
+    fig, ax = plt.subplots()
+    kl_bars(ax, record)
+    from matplotlib.patches import Rectangle
+
+    bars = [b for b in ax.patches if isinstance(b, Rectangle)]
+    assert [b.get_height() for b in bars] == record["kl_per_dim"]
+    assert [round(b.get_x() + b.get_width() / 2) for b in bars] == [0, 1, 2, 3]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]
+    assert "index" in ax.get_xlabel() and "3 of 4 active" in ax.get_title()
+    assert bars[2].get_facecolor() != bars[0].get_facecolor()  # the inactive one
+    plt.close(fig)
