@@ -467,3 +467,41 @@ def test_a_sweep_resumes_a_trial_whose_metrics_json_is_truncated(tmp_path):
     (run_dir / "config.yaml").write_text("x: 1\n")
     (run_dir / "metrics.json").write_text('{"status": "compl')
     assert trial_action(run_dir) == "resume"
+
+
+# --- 6. A read-only workdir.
+
+
+def test_a_read_only_workdir_is_exit_4_with_one_line(tmp_path, monkeypatch, capsys):
+    """As `mount -o ro`: every write under the workdir fails with EROFS (tests run as root,
+    whom permissions do not stop, so the file system calls are replaced)."""
+    import errno
+
+    from src.training.entry import main
+    from src.utils.cli import run
+
+    workdir = tmp_path / "ro"
+    (workdir / "checkpoints").mkdir(parents=True)
+    real_open, real_mkdir = os.open, os.mkdir
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def read_only(path: Any) -> None:
+        if str(path).startswith(str(workdir)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def ro_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & writing:
+            read_only(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def ro_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+        read_only(path)
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
+    assert run(main, cli_args(workdir, "ro")) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0] and "run ro" in err[0], err
