@@ -153,9 +153,15 @@ def _last_line(log: Path, start: int) -> str:
 
 
 def run_trial(
-    spec: SweepSpec, trial: Trial, workdir: Path, log_dir: Path, env: dict[str, str]
+    spec: SweepSpec,
+    trial: Trial,
+    workdir: Path,
+    log_dir: Path,
+    env: dict[str, str],
+    on_start: Callable[[Trial, str, Path], None] | None = None,
 ) -> Outcome:
-    """Runs or skips one trial; never raises for a failing trial."""
+    """Runs or skips one trial; never raises for a failing trial. on_start(trial, action, log)
+    is called when its train.py process starts (not for a skipped trial)."""
     paths = run_paths(workdir, trial.run_id)
     run_dir = paths.run_dir
     pid = holder(paths)
@@ -184,6 +190,8 @@ def run_trial(
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{trial.run_id}.log"
     cmd = train_command(spec, trial, workdir, action)
+    if on_start is not None:
+        on_start(trial, action, log)
     tic = time.perf_counter()
     with log.open("ab") as f:
         f.write(f"$ {shlex.join(cmd)}\n".encode())
@@ -214,8 +222,10 @@ def run_trials(
     workdir: Path,
     envs: Sequence[dict[str, str]],
     on_done: Callable[[Outcome], None],
+    on_start: Callable[[Trial, str, Path], None] | None = None,
 ) -> dict[str, Outcome]:
-    """Runs trials with len(envs) processes at a time; returns run_id -> outcome.
+    """Runs trials with len(envs) processes at a time; returns run_id -> outcome. on_done gets
+    each outcome as it comes, on_start each trial whose process starts (see run_trial).
 
     Each worker slot owns one environment (its device set, see slot_envs), handed to
     whichever trial it runs.
@@ -228,7 +238,7 @@ def run_trials(
     def job(trial: Trial) -> Outcome:
         env = slots.get()
         try:
-            return run_trial(spec, trial, workdir, log_dir, env)
+            return run_trial(spec, trial, workdir, log_dir, env, on_start)
         finally:
             slots.put(env)
 
