@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -428,11 +429,13 @@ def test_a_nonfinite_validation_fails_the_run(tmp_path, monkeypatch):
 
 @pytest.fixture
 def stopped_run(tmp_path, monkeypatch, default_handlers) -> Path:
-    """A tiny run stopped by SIGTERM at step 30 (model_last holds step 30); its run folder."""
+    """A tiny run stopped by SIGTERM at step 30 (model_last holds steps 20 and 30); its run
+    folder."""
     from src.training.entry import main
 
     at_batch(monkeypatch, 29, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    assert main(cli_args(tmp_path, "stopped")) == 128 + signal.SIGTERM
+    keep = "--config.checkpoint.keep_last=2"
+    assert main(cli_args(tmp_path, "stopped", keep)) == 128 + signal.SIGTERM
     monkeypatch.undo()
     return tmp_path / "checkpoints" / "stopped"
 
@@ -505,3 +508,83 @@ def test_a_read_only_workdir_is_exit_4_with_one_line(tmp_path, monkeypatch, caps
     assert run(main, cli_args(workdir, "ro")) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Read-only file system" in err[0] and "run ro" in err[0], err
+
+
+# --- 4, 5. Corrupted or truncated checkpoints: checksums, one line, the documented status.
+
+
+def data_files(step_dir: Path) -> list[Path]:
+    """The array data files of an Orbax step, largest first."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
+
+
+def overwrite_1kb(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[100:1124] = b"\x7f" * 1024
+    path.write_bytes(bytes(data))
+
+
+def truncate(step_dir: Path) -> None:
+    (step_dir / "checksums.json").unlink()  # as if saved before checksums: Orbax must fail
+    for path in data_files(step_dir):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_saved_steps_carry_checksums_of_their_files(stopped_run):
+    from src.utils.checkpoint import file_digests
+
+    for step_dir in [stopped_run / "model_last" / "20", stopped_run / "model_last" / "30"]:
+        listed = read_json(step_dir / "checksums.json")["sha256"]
+        assert listed == file_digests(step_dir) and len(listed) >= 5
+
+
+def test_a_corrupted_step_is_set_aside_and_resume_falls_back(stopped_run, capsys):
+    overwrite_1kb(data_files(stopped_run / "model_last" / "30")[0])
+    capsys.readouterr()
+    assert resume(stopped_run) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "does not match its checksum" in err[0] and "resuming from step 20" in err[0]
+    names = [p.name for p in (stopped_run / "model_last").iterdir()]
+    assert any(n.startswith("30.corrupt-") for n in names)
+    record = read_json(stopped_run / "metrics.json")
+    assert record["status"] == "completed"
+    train = [r["step"] for r in record["history"] if r["split"] == "train"]
+    assert train == list(range(10, 89, 10)) + [88]  # steps 21-30 replayed once, not twice
+
+
+def test_a_truncated_step_falls_back_with_one_warning_line(stopped_run, capsys):
+    truncate(stopped_run / "model_last" / "30")
+    capsys.readouterr()
+    assert resume(stopped_run) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not read back" in err[0], err[:5]
+    assert "resuming from step 20" in err[0]
+    assert len(err[0].replace(str(stopped_run), "RUN")) < 250, err[0]
+
+
+def test_a_truncated_only_checkpoint_is_exit_4_with_one_line(stopped_run, capsys):
+    from src.training.entry import main
+    from src.utils.cli import run
+
+    shutil.rmtree(stopped_run / "model_last" / "20")
+    truncate(stopped_run / "model_last" / "30")
+    capsys.readouterr()
+    args = [f"--workdir={stopped_run.parents[1]}", "--run_id=stopped", "--resume"]
+    assert run(main, args) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint in" in err[0] and "reads back" in err[0], err[:5]
+    assert len(err[0].replace(str(stopped_run), "RUN")) < 250, err[0]
+    assert (stopped_run / "model_last" / "30").is_dir()  # nothing moved
+
+
+def test_evaluate_refuses_a_corrupted_checkpoint_with_exit_4(stopped_run, capsys):
+    from src.evaluation.entry import main
+    from src.utils.cli import run
+
+    overwrite_1kb(data_files(stopped_run / "model_best" / "20")[0])
+    capsys.readouterr()
+    assert run(main, [f"--run_dir={stopped_run}", "--checkpoint=best", "--split=val"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_best/20" in err[0] and "checksum" in err[0], err

@@ -9,13 +9,23 @@ complete, so a process killed mid-save leaves a temporary folder, never a half s
 created with cleanup_tmp_directories, which deletes such leftovers; a step folder that exists
 but does not read back (truncated by hand or by a broken file system) is set aside as
 `<step>.corrupt-<time>` when an older step restores.
+
+Silent corruption: once a step's save has finished (at the next save or at wait()), the SHA-256
+of every file in its folder goes to `<step>/checksums.json`; restore() checks them first, so a
+step whose bytes changed is refused like an unreadable one (StorageError, exit 4, naming the
+file). A step without checksums.json (a kill between the save and the checksums, or saved by an
+older version) is restored unchecked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +33,21 @@ import jax
 import orbax.checkpoint as ocp
 
 from src.utils.errors import RunDirError, StorageError
+from src.utils.io import atomic_write_json, read_json
+
+CHECKSUMS = "checksums.json"
+
+
+class CorruptStep(StorageError):
+    """A saved step that fails its checksums or does not read back (exit 4)."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(f"checkpoint {folder}: {reason}")
+        self.reason = reason
+
+
+# Managers with a save whose checksums are not written yet: id(manager) -> step.
+_unsummed: dict[int, int] = {}
 
 
 def make_manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
@@ -61,6 +86,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
     A failure to write (read-only or full disk) raises StorageError naming the folder; the
     state in memory is untouched and the previous complete step stays restorable.
     """
+    wait(manager)  # Orbax would wait for the previous save too; its checksums are written here
     try:
         manager.save(
             step,
@@ -74,16 +100,73 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
         if not is_storage_failure(e):
             raise
         raise _storage_error(manager, step, e) from e
+    _unsummed[id(manager)] = step
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until pending saves are on disk; a failed background write raises StorageError."""
+    """Blocks until pending saves are on disk, then writes the checksums of the step saved last;
+    a failed background write raises StorageError."""
     try:
         manager.wait_until_finished()
     except Exception as e:
+        _unsummed.pop(id(manager), None)
         if not is_storage_failure(e):
             raise
         raise _storage_error(manager, None, e) from e
+    step = _unsummed.pop(id(manager), None)
+    if step is not None and jax.process_index() == 0:
+        folder = Path(manager.directory) / str(step)
+        try:
+            atomic_write_json(folder / CHECKSUMS, {"sha256": file_digests(folder)})
+        except OSError as e:
+            raise _storage_error(manager, step, e) from e
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under folder (but checksums.json), by path relative to it."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != CHECKSUMS and not path.name.endswith(".tmp"):
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[str(path.relative_to(folder))] = digest.hexdigest()
+    return out
+
+
+def verify(folder: Path) -> None:
+    """Raises StorageError naming the first file of the step folder whose bytes differ from its
+    checksums.json (or that is missing); a folder without checksums.json passes."""
+    listed = folder / CHECKSUMS
+    if not listed.is_file():
+        return
+    expected = read_json(listed)["sha256"]
+    actual = file_digests(folder)
+    for name, digest in expected.items():
+        if actual.get(name) != digest:
+            what = "is missing" if name not in actual else "does not match its checksum"
+            raise CorruptStep(folder, f"{name} {what} (corrupted on disk)")
+
+
+@contextlib.contextmanager
+def _quiet_reads() -> Iterator[None]:
+    """Silences the 'Exception ignored in <coroutine ...>' tracebacks that Orbax's abandoned read
+    tasks print when a step does not read back (hundreds of lines per step)."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()  # the abandoned coroutines go now, while the hook is quiet
+        sys.unraisablehook = previous
+
+
+def _first_line(e: BaseException, limit: int = 120) -> str:
+    """e's type and the start of its first line (TensorStore errors run to a page)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 # How storage failures read when Orbax/TensorStore wrap them in other exception types.
@@ -116,27 +199,38 @@ def _storage_error(manager: ocp.CheckpointManager, step: int | None, e: Exceptio
 def restore(
     manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """Restores (state, meta) at step (default: latest) onto abstract_state's shapes and shardings."""
+    """Restores (state, meta) at step (default: latest) onto abstract_state's shapes and shardings.
+
+    A step whose files fail their checksums or do not read back raises StorageError (exit 4)
+    with one line naming it.
+    """
     step = manager.latest_step() if step is None else step
     if step is None:
         raise RunDirError(f"no complete checkpoint in {manager.directory}")
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-        ),
-    )
+    folder = Path(manager.directory) / str(step)
+    verify(folder)
+    try:
+        with _quiet_reads():
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+    except Exception as e:
+        raise CorruptStep(folder, f"does not read back: {_first_line(e)}") from e
     return restored["state"], restored["meta"]
 
 
 def restore_newest(
     manager: ocp.CheckpointManager, abstract_state: Any
 ) -> tuple[Any, dict[str, Any]] | None:
-    """Restores the newest step that reads back; None when the folder holds no step.
+    """Restores the newest step that reads back intact; None when the folder holds no step.
 
-    Newer steps that fail to read while an older one succeeds are unusable (the same target
-    restored the older one) and are renamed to `<step>.corrupt-<time>`. If no step reads back,
-    nothing is moved and a RunDirError names the folder and the newest step's error.
+    Newer steps that fail their checksums or to read while an older one succeeds are unusable
+    (the same target restored the older one) and are renamed to `<step>.corrupt-<time>`, with
+    one warning line each. If no step reads back, nothing is moved and a StorageError (exit 4)
+    names the folder and the newest step's error in one line.
     """
     failed: list[tuple[int, Exception]] = []
     for step in sorted(manager.all_steps(), reverse=True):
@@ -152,9 +246,10 @@ def restore_newest(
             aside = folder.with_name(f"{bad}.corrupt-{int(time.time())}")
             if jax.process_index() == 0:  # one host moves it; all of them skip it
                 folder.rename(aside)
+            reason = error.reason if isinstance(error, CorruptStep) else _first_line(error)
             print(
-                f"warning: checkpoint {folder} does not read back ({type(error).__name__}); "
-                f"moved to {aside.name}, resuming from step {step}",
+                f"warning: checkpoint {folder}: {reason}; moved to {aside.name}, resuming "
+                f"from step {step}",
                 file=sys.stderr,
             )
         if failed:
@@ -162,10 +257,10 @@ def restore_newest(
         return restored
     if failed:
         step, error = failed[0]
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise RunDirError(
-            f"no checkpoint in {manager.directory} reads back; step {step}: "
-            f"{type(error).__name__}: {first_line}"
+        reason = error.reason if isinstance(error, CorruptStep) else _first_line(error)
+        raise StorageError(
+            f"no checkpoint in {manager.directory} reads back ({len(failed)} tried); step "
+            f"{step}: {reason}"
         )
     return None
 
