@@ -588,3 +588,57 @@ def test_evaluate_refuses_a_corrupted_checkpoint_with_exit_4(stopped_run, capsys
     assert run(main, [f"--run_dir={stopped_run}", "--checkpoint=best", "--split=val"]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model_best/20" in err[0] and "checksum" in err[0], err
+
+
+# --- 7. A full disk: one line, and the record never claims a checkpoint that is not on disk.
+
+
+def test_a_failed_best_save_is_not_claimed_by_the_record(tmp_path, monkeypatch, capsys):
+    """model_best's save of step 40 fails in the background (as on a full disk): metrics.json
+    must keep naming the best checkpoint that is on disk."""
+    import orbax.checkpoint as ocp
+
+    from src.training.entry import main
+    from src.utils.cli import run
+
+    lost: set[int] = set()
+    save, wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
+
+    def failing_save(self: Any, step: int, *args: Any, **kwargs: Any) -> bool:
+        if Path(self.directory).name == "model_best" and step == 40:
+            lost.add(id(self))  # "started"; its write fails later
+            return True
+        return save(self, step, *args, **kwargs)
+
+    def failing_wait(self: Any) -> None:
+        wait(self)
+        if id(self) in lost:
+            raise ValueError('RESOURCE_EXHAUSTED: Failed writing "x": No space left on device')
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", failing_wait)
+    assert run(main, cli_args(tmp_path, "full")) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0], err
+    run_dir = tmp_path / "checkpoints" / "full"
+    record = read_json(run_dir / "metrics.json")
+    on_disk = [int(p.name) for p in (run_dir / "model_best").iterdir() if p.name.isdigit()]
+    assert record["status"] == "failed" and on_disk == [20]
+    assert record["best"]["step"] == 20
+
+
+def test_orbax_error_logs_about_a_full_disk_are_dropped(tmp_path, caplog):
+    import logging
+
+    from src.utils.checkpoint import make_manager
+
+    make_manager(tmp_path / "m", 1).close()
+    absl = logging.getLogger("absl")
+    with caplog.at_level(logging.ERROR):
+        absl.error("_SignalingThread.run() raised: RESOURCE_EXHAUSTED: No space left on device")
+        try:
+            raise ValueError("commit failed") from OSError(28, "No space left on device")
+        except ValueError:
+            absl.exception("Failed to run 4 Handler Commit operations")
+        absl.error("some other orbax error")
+    assert [r.getMessage() for r in caplog.records] == ["some other orbax error"]

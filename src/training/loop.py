@@ -197,16 +197,28 @@ def train_and_evaluate(
             # next step donates the state.)
             pending_best = (step, copy_tree(canonical), metrics)
 
+    # A model_best save not yet known to be on disk (saves are asynchronous): the record claims
+    # it only once it is, so it never names a best checkpoint that a full disk lost.
+    unconfirmed_best: tuple[int, float] | None = None
+
+    def confirm_best() -> None:
+        nonlocal unconfirmed_best
+        if unconfirmed_best is not None:
+            checkpoint.wait(best_manager)
+            recorder.set_best(unconfirmed_best[0], cfg.checkpoint.best_metric, unconfirmed_best[1])
+            unconfirmed_best = None
+
     def save_best() -> None:
         """Writes the best state validated since the last save to model_best."""
-        nonlocal pending_best
+        nonlocal pending_best, unconfirmed_best
         if pending_best is None:
             return
         step, best_state, metrics = pending_best
+        confirm_best()  # the save below would wait for the previous one anyway
         if step in best_manager.all_steps():  # left by a run that died ahead of its model_last
             best_manager.delete(step)
         checkpoint.save(best_manager, step, best_state, {"step": step, "val": metrics})
-        recorder.set_best(step, cfg.checkpoint.best_metric, metrics[cfg.checkpoint.best_metric])
+        unconfirmed_best = (step, metrics[cfg.checkpoint.best_metric])
         pending_best = None
 
     def save_last(step: int) -> None:
@@ -326,6 +338,7 @@ def train_and_evaluate(
                 save_last(step)
             checkpoint.wait(last_manager)
             checkpoint.wait(best_manager)
+            confirm_best()
         if failure is not None:
             recorder.update(status="failed", stopped_at_step=step, failure=failure)
         elif stop.signum is not None and step < total_steps:
@@ -352,8 +365,8 @@ def train_and_evaluate(
             batches.close()
             recorder.close()
         finally:
-            last_manager.close()
-            best_manager.close()
+            checkpoint.close(last_manager)
+            checkpoint.close(best_manager)
     return recorder.data
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import logging
 import re
 import sys
 import time
@@ -67,10 +68,47 @@ def make_manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
             barrier_sync_key_prefix=directory.name
         ),
     )
+    quiet_storage_logs()
     try:
         return ocp.CheckpointManager(directory.absolute(), options=options)
     except OSError as e:
         raise StorageError(f"cannot use checkpoint folder {directory}: {e}") from e
+
+
+class _StorageFailureLogs(logging.Filter):
+    """Drops Orbax's error logs about a failed write (a page of traceback from each of its
+    threads): the run reports the failure once, as a one-line StorageError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_storage_failure(error):
+            return False
+        return not STORAGE_MESSAGES.search(record.getMessage())
+
+
+def quiet_storage_logs() -> None:
+    """Installs _StorageFailureLogs on the absl logger Orbax logs to (once), and an
+    unraisablehook that drops the 'Event loop is closed' errors of TensorStore's callbacks
+    (bare tracebacks, dozens per failed save) after Orbax closed the event loop of a failed
+    write."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _StorageFailureLogs) for f in logger.filters):
+        logger.addFilter(_StorageFailureLogs())
+    if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+        sys.unraisablehook = _dropping_closed_loop_errors(sys.unraisablehook)
+
+
+def _dropping_closed_loop_errors(hook: Any) -> Any:
+    def unraisablehook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    unraisablehook.drops_closed_loop_errors = True  # type: ignore[attr-defined]
+    return unraisablehook
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
@@ -169,6 +207,16 @@ def _first_line(e: BaseException, limit: int = 120) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def close(manager: ocp.CheckpointManager) -> None:
+    """Closes manager. Orbax's close waits for pending saves and raises a failed one again: a
+    storage failure, which wait() has already raised, must not replace the run's own error."""
+    try:
+        manager.close()
+    except Exception as e:
+        if not is_storage_failure(e):
+            raise
+
+
 # How storage failures read when Orbax/TensorStore wrap them in other exception types.
 STORAGE_MESSAGES = re.compile(
     r"No space left|Read-only file system|Permission denied|Disk quota|os_error_code"
@@ -185,11 +233,29 @@ def is_storage_failure(e: BaseException) -> bool:
     return False
 
 
+OS_REASONS = re.compile(
+    r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded"
+)
+
+
+def _storage_reason(e: BaseException) -> str:
+    """The operating system's reason in e's cause chain (TensorStore's messages run to a page)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        found = OS_REASONS.search(str(seen))
+        if found:
+            return found.group(0)
+        seen = seen.__cause__ or seen.__context__
+    return _first_line(e)
+
+
 def _storage_error(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> StorageError:
     newest = manager.latest_step()
     where = f"step {step} to " if step is not None else ""
     kept = f"step {newest}" if newest is not None else "none"
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    reason = _storage_reason(e)
     return StorageError(
         f"cannot write checkpoint {where}{manager.directory}: {reason}; newest complete "
         f"checkpoint there: {kept}; free space or fix permissions, then --resume"
