@@ -642,3 +642,57 @@ def test_orbax_error_logs_about_a_full_disk_are_dropped(tmp_path, caplog):
             absl.exception("Failed to run 4 Handler Commit operations")
         absl.error("some other orbax error")
     assert [r.getMessage() for r in caplog.records] == ["some other orbax error"]
+
+
+# --- 12. TensorBoard after a kill and a resume: exactly metrics.json's records, once each.
+
+
+def test_tensorboard_equals_the_record_after_a_kill_and_resume(tmp_path):
+    from tests.test_training import _recorder, _tensorboard_events
+
+    first = _recorder(tmp_path, tensorboard=True, write_every_secs=0.0)
+    for step in (10, 20, 30, 40):
+        first.log(step, "train", {"loss": 1.0 / step})
+        first.log(step, "val", {"elbo": -float(step)})
+    first.save()
+    # The kill: the events of steps 30 and 40 never reached the file, but metrics.json has them.
+    # Resumed from a checkpoint at step 30, the run replays step 40.
+    (events,) = (tmp_path / "logs").glob("events.out.tfevents.*")
+    first.tb.flush()
+    kept = _tensorboard_events(tmp_path / "logs")[:5]  # file version + steps 10 and 20
+    assert [e.step for e in kept[1:]] == [10, 10, 20, 20]
+    events.write_bytes(b"".join(_encoded(e) for e in kept))
+    resumed = _recorder(tmp_path, tensorboard=True, write_every_secs=0.0, resume=True)
+    resumed.truncate(30)
+    resumed.log(40, "train", {"loss": 1.0 / 40})
+    resumed.log(40, "val", {"elbo": -40.0})
+    resumed.close()
+    shown = sorted(
+        (e.step, v.tag, v.simple_value)
+        for e in _tensorboard_events(tmp_path / "logs")
+        if e.HasField("summary")
+        for v in e.summary.value
+    )
+    history = read_json(tmp_path / "metrics.json")["history"]
+    expected = sorted(
+        (r["step"], f"{r['split']}/{k}", pytest.approx(v))
+        for r in history
+        for k, v in r.items()
+        if k not in ("step", "split")
+    )
+    assert shown == expected and len(history) == 8
+
+
+def _encoded(event: Any) -> bytes:
+    """An Event as a TFRecord (length, its crc, data, its crc), as the event files hold it."""
+    import struct
+
+    from tensorboardX.crc32c import crc32c
+
+    def masked(data: bytes) -> bytes:
+        crc = crc32c(data)
+        return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    return header + masked(header) + data + masked(data)

@@ -9,6 +9,10 @@ and at the end. So the file is never older than the newest checkpoint, which is 
 resumed run relies on: it keeps the records up to that checkpoint's step and replays the
 rest. TensorBoard and the console get every record at once.
 
+TensorBoard shows exactly the records of metrics.json, once each, also after a kill: a resumed
+Recorder deletes the run's event files and writes the kept history again (truncate), since a
+kill loses the events not yet flushed and the resumed run replays those after its checkpoint.
+
 The file is indented JSON with one history record per line: readable, and written by json's
 C encoder (json.dumps with indent runs the pure-Python one: about 2x slower). Each record is
 encoded once, when it is logged, and the lines are kept: a write joins them instead of encoding
@@ -101,20 +105,30 @@ class Recorder:
             self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
         self.history_lines = [encode_json(r) for r in self.data["history"]]  # kept in step
         self.tb = None
+        self.tb_rebuild = False  # truncate() writes the kept history to TensorBoard again
         if tensorboard and write:
             from tensorboardX import FileWriter  # imported only when used: 0.14 s
 
+            if resume:
+                for old in Path(log_dir).glob("events.out.tfevents.*"):
+                    old.unlink()
+                self.tb_rebuild = True
             self.tb = FileWriter(str(log_dir))
 
     def truncate(self, step: int) -> None:
         """Drops records after step (a resumed run replays them exactly) and recomputes final.
 
-        best is left alone: the loop sets it from the model_best checkpoint on disk.
+        best is left alone: the loop sets it from the model_best checkpoint on disk. The first
+        call of a resumed Recorder writes the kept records to TensorBoard again.
         """
         kept = [i for i, r in enumerate(self.data["history"]) if r["step"] <= step]
         self.data["history"] = [self.data["history"][i] for i in kept]
         self.history_lines = [self.history_lines[i] for i in kept]
         self.data["final"] = {r["split"]: r for r in self.data["history"]}
+        if self.tb_rebuild:
+            self.tb_rebuild = False
+            for record in self.data["history"]:
+                self.tensorboard(record["step"], record["split"], record)
 
     def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         record = {"step": step, "split": split, **{k: _clean(v) for k, v in metrics.items()}}
@@ -175,6 +189,8 @@ class Recorder:
                 atomic_write_text(self.path, metrics_text(self.data, self.history_lines))
             except OSError as e:
                 raise StorageError(f"cannot write {self.path}: {e}") from e
+        if self.tb is not None:
+            self.tb.flush()  # TensorBoard is not behind metrics.json
 
     def close(self) -> None:
         self.save()
