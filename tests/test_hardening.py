@@ -696,3 +696,104 @@ def _encoded(event: Any) -> bytes:
     data = event.SerializeToString()
     header = struct.pack("<Q", len(data))
     return header + masked(header) + data + masked(data)
+
+
+# --- 14. A signal to a sweep reaches its trials, which stop; the sweep waits and exits 128 + n.
+
+FAKE_TRIAL = """
+import json, os, pathlib, signal, sys, time
+run = pathlib.Path(sys.argv[1])
+run.mkdir(parents=True, exist_ok=True)
+got = []
+signal.signal(signal.SIGTERM, lambda n, f: got.append(n))
+(run / "started").write_text(str(os.getpid()))
+deadline = time.time() + 30
+while not got and time.time() < deadline:
+    time.sleep(0.02)
+(run / "signals").write_text(str(len(got)))
+(run / "metrics.json").write_text(json.dumps({"status": "interrupted" if got else "completed"}))
+sys.exit(128 + got[0] if got else 0)
+"""
+
+
+def test_a_signal_to_a_sweep_stops_its_trials_and_waits_for_them(
+    tmp_path, monkeypatch, default_handlers
+):
+    import threading
+    import time
+
+    from src.experiments import runner
+    from src.experiments.spec import expand, load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nexperiment: {BASELINE}\nseeds: [1, 2, 3]\n")
+    spec = load_sweep(path)
+    trials = expand(spec)
+    workdir = tmp_path / "w"
+
+    def command(spec: Any, trial: Any, workdir: Path, action: str) -> list[str]:
+        return [sys.executable, "-c", FAKE_TRIAL, str(run_paths(workdir, trial.run_id).run_dir)]
+
+    monkeypatch.setattr(runner, "train_command", command)
+    started = [run_paths(workdir, t.run_id).run_dir / "started" for t in trials[:2]]
+
+    def stop_when_both_run() -> None:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_both_run, daemon=True).start()
+    outcomes = runner.run_trials(spec, trials, workdir, [{}, {}], lambda o: None)
+    assert runner.stopped_by() == signal.SIGTERM and default_handlers == []
+    for trial in trials[:2]:  # ran, got the signal once, saved and stopped
+        run_dir = run_paths(workdir, trial.run_id).run_dir
+        assert (run_dir / "signals").read_text() == "1"
+        assert outcomes[trial.run_id].status == "interrupted"
+        assert outcomes[trial.run_id].error.startswith(f"exit {128 + signal.SIGTERM}")
+    queued = outcomes[trials[2].run_id]
+    assert (queued.action, queued.status) == ("skipped", "interrupted")
+    assert not run_paths(workdir, trials[2].run_id).run_dir.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_sweep_py_stops_its_trials_and_a_rerun_resumes_them(tmp_path):
+    import time
+
+    import yaml
+
+    from src.experiments.spec import expand, load_sweep
+    from src.utils.config import parse_override
+    from src.utils.rundir import holder
+    from tests.helpers import run_script, script_env
+
+    overrides = {**dict(parse_override(o) for o in TINY), "training.epochs": 3}
+    body = {"name": "sig", "experiment": str(BASELINE), "overrides": overrides, "seeds": [1, 2]}
+    sweep = tmp_path / "sig.yaml"
+    sweep.write_text(yaml.safe_dump(body))
+    work = tmp_path / "work"
+    args = [f"--config={sweep}", f"--workdir={work}", "--workers=2", "--devices=none"]
+    trials = expand(load_sweep(sweep))
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "sweep.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=script_env(),
+    )
+    lasts = [work / "checkpoints" / t.run_id / "model_last" for t in trials]
+    deadline = time.monotonic() + 240
+    while not all(d.is_dir() and any(p.name.isdigit() for p in d.iterdir()) for d in lasts):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    for trial in trials:  # stopped and saved; no orphan holds the run
+        paths = run_paths(work, trial.run_id)
+        assert holder(paths) is None
+        assert read_json(paths.metrics)["status"] == "interrupted"
+    again = run_script("sweep.py", *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("(resumed") == 2
+    for trial in trials:
+        assert read_json(run_paths(work, trial.run_id).metrics)["status"] == "completed"

@@ -8,6 +8,12 @@ a crash, a Ctrl-C or a reboot continues where it stopped:
     config.yaml + a model_last step -> resumed (train.py --resume --run_id=...)
     anything else (killed early)  -> restarted (train.py ... --overwrite)
 
+Signals: SIGTERM, SIGINT or SIGHUP to the sweep is passed on to its running trials (each in
+its own process group, so a terminal's Ctrl-C reaches them once, through the sweep), which save
+model_last and stop; trials not yet started are not started; the sweep waits for the running
+ones, writes its summary and exits 128 + signal number (`stopped_by`). A second signal is passed
+on too: the trials exit at once, keeping their last complete checkpoint. A re-run resumes them.
+
 A trial whose run folder another process holds (its writer lock, src/utils/rundir.py) is not
 started: it is reported `busy` with that process's PID, and the next invocation decides again.
 A failing trial is recorded with the last line of its log and the others go on.
@@ -21,11 +27,13 @@ import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +44,42 @@ from src.utils.io import read_json
 from src.utils.rundir import holder, run_paths
 
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Trials:
+    """The running trial processes and the signal that stopped the sweep, if any."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen] = set()
+        self.signum: int | None = None
+
+
+_trials = _Trials()
+
+
+def stopped_by() -> int | None:
+    """The signal that stopped the last run_trials, or None."""
+    return _trials.signum
+
+
+def _forward(signum: int, frame: object) -> None:
+    """Signal handler of run_trials: passes the signal on to the running trials."""
+    first = _trials.signum is None
+    _trials.signum = signum
+    with _trials.lock:
+        running = list(_trials.running)
+    for proc in running:
+        with suppress(OSError):  # it has just ended
+            proc.send_signal(signum)
+    if first:
+        print(
+            f"{signal.Signals(signum).name}: passed on to {len(running)} running trial(s), which "
+            "save and stop; no new trial starts (send it again to stop them at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class Outcome(NamedTuple):
@@ -174,6 +218,9 @@ def run_trial(
             0.0,
         )
     action = trial_action(run_dir)
+    if action != "skip" and _trials.signum is not None:
+        name = signal.Signals(_trials.signum).name
+        return Outcome(trial.run_id, "skipped", "interrupted", f"not started ({name})", 0.0)
     if action == "skip":
         recorded = read_json(run_dir / "metrics.json").get("config_hash")
         expected = expected_hash(spec, trial)
@@ -197,13 +244,23 @@ def run_trial(
         f.write(f"$ {shlex.join(cmd)}\n".encode())
         f.flush()
         start_out = f.tell()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             cmd,
             stdout=f,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
             env={**os.environ, "SWEEP_NAME": spec.name, **env},
+            start_new_session=True,  # signals reach it once, passed on by the sweep
         )
+        with _trials.lock:
+            _trials.running.add(proc)
+        if _trials.signum is not None:  # arrived while it was starting
+            proc.send_signal(_trials.signum)
+        try:
+            proc.wait()
+        finally:
+            with _trials.lock:
+                _trials.running.discard(proc)
     seconds = time.perf_counter() - tic
     label = {"new": "new", "resume": "resumed", "restart": "restarted"}[action]
     metrics = run_dir / "metrics.json"
@@ -243,6 +300,10 @@ def run_trials(
             slots.put(env)
 
     outcomes: dict[str, Outcome] = {}
+    _trials.signum = None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _forward) for sig in SIGNALS}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(envs))
     try:
         futures = [pool.submit(job, t) for t in trials]
@@ -251,7 +312,9 @@ def run_trials(
             outcomes[outcome.run_id] = outcome
             on_done(outcome)
     finally:
-        # On Ctrl-C the running trials get SIGINT too (same process group) and record
-        # `interrupted`; queued ones are dropped and run on the next invocation.
+        # After a signal, running trials save and stop (they record `interrupted`) and queued
+        # ones return at once; they run on the next invocation.
         pool.shutdown(wait=True, cancel_futures=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return outcomes
