@@ -797,3 +797,26 @@ def test_sigterm_to_sweep_py_stops_its_trials_and_a_rerun_resumes_them(tmp_path)
     assert again.stdout.count("(resumed") == 2
     for trial in trials:
         assert read_json(run_paths(work, trial.run_id).metrics)["status"] == "completed"
+
+
+def test_checksums_follow_a_finished_save_at_the_next_boundary(tmp_path, monkeypatch):
+    """Not only at the next save: a kill in between would leave the newest step unchecked."""
+    import time
+
+    from src.training.entry import main
+
+    checksums = tmp_path / "checkpoints" / "c" / "model_last" / "20" / "checksums.json"
+    seen: list[bool] = []
+    actions = {25: lambda: time.sleep(1.0), 35: lambda: seen.append(checksums.is_file())}
+    from src.data import batches
+
+    original, counter = batches.take_batch, {"n": 0}
+
+    def take_batch(*args: Any, **kwargs: Any) -> Any:
+        n, counter["n"] = counter["n"], counter["n"] + 1
+        actions.get(n, lambda: None)()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "take_batch", take_batch)
+    assert main(cli_args(tmp_path, "c", "--config.checkpoint.keep_last=3")) == 0
+    assert seen == [True]  # after the boundary at step 30, before the save at step 40

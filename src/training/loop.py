@@ -311,6 +311,8 @@ def train_and_evaluate(
                 jax.block_until_ready(previous)
                 if not any(step % e == 0 for e in boundaries) and step != total_steps:
                     continue
+                checkpoint.poll(last_manager)  # checksums of saves finished meanwhile
+                checkpoint.poll(best_manager)
                 failure = check_stop()
                 if failure is not None:
                     break

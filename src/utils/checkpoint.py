@@ -160,6 +160,18 @@ def wait(manager: ocp.CheckpointManager) -> None:
             raise _storage_error(manager, step, e) from e
 
 
+def poll(manager: ocp.CheckpointManager) -> None:
+    """Writes the checksums of a save that has finished in the background, without waiting
+    (the loop calls it at its boundaries, so a kill rarely finds a step without them).
+    Single-process only: wait() may meet other processes at a barrier."""
+    if (
+        id(manager) in _unsummed
+        and jax.process_count() == 1
+        and not manager.is_saving_in_progress()
+    ):
+        wait(manager)
+
+
 def file_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under folder (but checksums.json), by path relative to it."""
     out = {}
@@ -337,6 +349,7 @@ def latest_meta(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
     if step is None:
         return None
     try:
+        verify(Path(manager.directory) / str(step))
         restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:  # an unreadable best checkpoint is replaced at the next improvement
         print(f"warning: cannot read {manager.directory}/{step}: {e}", file=sys.stderr)
