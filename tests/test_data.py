@@ -48,7 +48,9 @@ def test_idx_header_is_the_published_layout():
 @pytest.mark.parametrize("gz", [True, False])
 def test_mnist_loads_raw_and_gzipped_files_with_own_test_split(tmp_path: Path, gz: bool):
     arrays = write_idx_dataset(tmp_path, n_train=50, n_test=20, gz=gz)
-    cfg = data_cfg("mnist", f"data.dir={tmp_path}", "data.verify_checksum=false")
+    cfg = data_cfg(
+        "mnist", f"data.dir={tmp_path}", "data.verify_checksum=false", "data.binarize=none"
+    )
     splits = load_splits(cfg)
     assert splits.train.shape == (45, 28, 28, 1) and splits.val.shape == (5, 28, 28, 1)
     # The test split is the t10k files, untouched and in order.
@@ -120,6 +122,24 @@ def test_malformed_idx_files_name_file_and_problem(tmp_path: Path, edit, message
         load_splits(data_cfg("mnist", f"data.dir={tmp_path}", "data.verify_checksum=false"))
     assert message in str(err.value) and "train-images-idx3-ubyte" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_dynamic_binarization_scores_one_fixed_binarization_of_val_and_test(tmp_path: Path):
+    """Training images stay grey (re-binarized every step); val and test are binarized once,
+    from data.eval_binarize_seed, the same at every load, and recorded in the split info."""
+    arrays = write_idx_dataset(tmp_path, n_train=200, n_test=100, gz=False)
+    base = ("data.verify_checksum=false", f"data.dir={tmp_path}")
+    first, again = (load_splits(data_cfg("mnist", *base)) for _ in range(2))
+    other = load_splits(data_cfg("mnist", *base, "data.eval_binarize_seed=1"))
+    grey = arrays["test_images"] / np.float32(255)
+    np.testing.assert_array_equal(first.test, again.test)
+    np.testing.assert_array_equal(first.val, again.val)
+    assert set(np.unique(first.test)) == {0.0, 1.0} and set(np.unique(first.val)) == {0.0, 1.0}
+    assert not np.array_equal(first.test, other.test)
+    # Each pixel is a Bernoulli(intensity) draw: the binary mean follows the grey mean.
+    assert abs(first.test.mean() - grey.mean()) < 0.01
+    assert len(np.unique(first.train)) > 2
+    assert first.info["eval_binarize_seed"] == 0 and other.info["eval_binarize_seed"] == 1
 
 
 @pytest.mark.parametrize("gz", [False, True])

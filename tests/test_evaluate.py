@@ -152,7 +152,7 @@ def _edit_config(run_dir: Path, section: str, key: str, value) -> None:
             ["--run_dir={run}"],
             "params/decoder/net/layers/0/kernel is float32[4, 32] in the checkpoint but float32[3, 32]",
         ),
-        ("hidden_dims", ["--run_dir={run}"], "float32[64] in the checkpoint but float32[32]"),
+        ("hidden_dims", ["--run_dir={run}"], "float32[1088] in the checkpoint but float32[32]"),
         ("optimizer", ["--run_dir={run}"], "has no opt_state/0/0/trace/"),
         ("override", ["--run_dir={run}", "--config.model.latent_dim=3"], "only eval.*"),
         ("bad_eval", ["--run_dir={run}", "--config.eval.iwae_samples=0"], "must be > 0"),

@@ -17,7 +17,9 @@ from tests.helpers import BASELINE
 @pytest.mark.parametrize("image_shape", [(8, 8, 1), (28, 28, 1)])
 @pytest.mark.parametrize("batch", [1, 7])
 def test_mlp_shapes(image_shape, batch):
-    cfg = load_config(BASELINE, overrides=["model.latent_dim=5"]).model
+    cfg = load_config(
+        BASELINE, overrides=["model.latent_dim=5", "model.likelihood=bernoulli"]
+    ).model
     model = build_model(cfg, image_shape, nnx.Rngs(0))
     x = jnp.ones((batch, *image_shape))
     mean, logvar = model.encode(x)

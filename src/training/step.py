@@ -67,7 +67,7 @@ class Objective(NamedTuple):
 
 
 def draw_noise(
-    key: jax.Array, x: jax.Array, latent_dim: int, dynamic_binarize: bool, samples: int = 1
+    key: jax.Array, x: jax.Array, latent_dim: int, dynamic_binarize: bool, samples: int
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (possibly re-binarized x, eps) from one step key.
 
@@ -309,7 +309,7 @@ def make_eval_step(
 
     @jax.jit
     def eval_step(params: Any, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
-        x, eps = draw_noise(key, batch, latent_dim, False)
+        x, eps = draw_noise(key, batch, latent_dim, False, 1)
         terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)
         return {
             "recon_sum": jnp.sum(terms.recon * mask),
