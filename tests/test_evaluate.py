@@ -16,6 +16,7 @@ import yaml
 from src.evaluation.entry import main
 from src.evaluation.evaluate import derive_eval_keys, evaluate_run
 from src.utils.cli import run
+from src.utils.parallel import make_mesh, replicated, split_on_devices
 from tests.helpers import BASELINE, TINY, run_script
 
 EVAL_KEYS = {
@@ -99,18 +100,15 @@ def test_nll_does_not_increase_with_k(run4):
     cfg = ev.load_run_config(run4, [])
     splits = load_splits(cfg.data)
     graphdef, abstract = ev.abstract_train_state(cfg, splits.train.shape[1:], 1)
-    state, _ = ev.restore_state(
-        run4, "last", abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    )
+    mesh = make_mesh(jax.devices()[:1])
+    state, _ = ev.restore_state(run4, "last", abstract, replicated(mesh))
     keys = derive_eval_keys(cfg.training.seed)
     nll = {}
     for k in (1, 10, 100):
-        step = ev.make_posterior_step(
-            graphdef,
-            iwae_samples=k,
-            iwae_chunk=50,
+        step = ev.make_posterior_step(mesh=mesh, graphdef=graphdef, iwae_samples=k, iwae_chunk=50)
+        post = ev.posterior_pass(
+            step, state.params, splits.test, cfg.eval.batch_size, keys, split_on_devices(mesh)
         )
-        post = ev.posterior_pass(step, state.params, splits.test, cfg.eval.batch_size, keys)
         nll[k] = -post["log_px"].astype(np.float64)
     # Same keys and program as evaluate_run: the record is repeatable.
     assert record["iwae_nll"] == pytest.approx(nll[10].mean(), rel=1e-6)

@@ -149,7 +149,7 @@ def test_eval_is_deterministic_and_train_dropout_is_not():
     b = model.encode(x, jax.random.key(2))[0]
     assert not np.allclose(a, b) and not np.allclose(a, model.encode(x)[0])
     graphdef, params = split_model(model)
-    eval_step = make_eval_step(graphdef, latent_dim=3)
+    eval_step = make_eval_step(graphdef, make_mesh(jax.devices()[:1]), latent_dim=3)
     mask, key = jnp.ones(4), jax.random.key(5)
     r1, r2 = eval_step(params, x, mask, key), eval_step(params, x, mask, key)
     np.testing.assert_array_equal(r1["recon_sum"], r2["recon_sum"])

@@ -166,6 +166,48 @@ def test_steps_per_call_on_four_devices_equals_single_steps(runs, k4, k1):
         np.testing.assert_array_equal(x, y)
 
 
+def test_evaluate_splits_examples_over_devices_with_one_device_numbers(runs, tmp_path):
+    """evaluate.py on 4 devices (each scores a quarter of every batch) gives the record of one
+    device, up to the order of the sums."""
+    records = {}
+    for n in (1, 4):
+        run_dir = tmp_path / f"d{n}" / "checkpoints" / "one"
+        shutil.copytree(runs / "checkpoints" / "one", run_dir)
+        args = [f"--run_dir={run_dir}", "--checkpoint=last", "--config.eval.iwae_samples=20"]
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "evaluate.py"),
+                *args,
+                "--config.eval.figures=false",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+            env=env_with_devices(n),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        records[n] = json.loads((run_dir / "eval" / "last_test.json").read_text())
+    for key in ("elbo", "iwae_nll", "kl", "mutual_info"):
+        np.testing.assert_allclose(records[4][key], records[1][key], rtol=RTOL)
+    assert records[4]["active_units"] == records[1]["active_units"]
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "evaluate.py"),
+            f"--run_dir={run_dir}",
+            "--config.eval.batch_size=30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env_with_devices(4),
+    )
+    assert bad.returncode == 2 and "eval.batch_size=30 does not divide evenly over 4" in bad.stderr
+
+
 IWAE = ["training.objective=iwae", "training.iwae_samples=3", "training.iwae_gradient=dreg"]
 
 

@@ -6,6 +6,7 @@ mistake (run dir, config, checkpoint, structure) is checked before anything is w
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
-from src.evaluation.metrics import evaluate_split
+from src.evaluation.metrics import evaluate_split, on_devices
 from src.models.registry import build_model
 from src.training.loop import derive_keys
 from src.training.optim import build_optimizer
@@ -30,6 +33,7 @@ from src.utils import checkpoint
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError
 from src.utils.io import atomic_write_json, read_json
+from src.utils.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
 SPLITS = ("train", "val", "test")
@@ -103,14 +107,16 @@ def restore_state(
 
 
 def make_posterior_step(
-    graphdef: nnx.GraphDef, *, iwae_samples: int, iwae_chunk: int
+    graphdef: nnx.GraphDef, mesh: Mesh, *, iwae_samples: int, iwae_chunk: int
 ) -> Callable[..., dict[str, jax.Array]]:
     """step(params, x, elbo_key, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
 
-    elbo_key is unused (the batch is scored as it is); it keeps the key layout of the ELBO pass.
+    x may be split over the mesh (each device scores its examples); the outputs come back
+    replicated. elbo_key is unused (the batch is scored as it is); it keeps the key layout of
+    the ELBO pass.
     """
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
     def step(params: Any, x: jax.Array, elbo_key: jax.Array, iwae_key: jax.Array) -> dict:
         model = nnx.merge(graphdef, params)
         mean, logvar = model.encode(x)
@@ -126,14 +132,16 @@ def posterior_pass(
     x: np.ndarray,
     batch_size: int,
     keys: dict[str, jax.Array],
+    batch_sharding: jax.sharding.Sharding,
 ) -> dict[str, np.ndarray]:
-    """Runs step over x in the ELBO's batch order; returns per-example arrays (padding dropped)."""
+    """Runs step over x in the ELBO's batch order, each batch split over batch_sharding's
+    devices; returns per-example arrays (padding dropped)."""
     batches, masks = padded_batches(x, batch_size)
     outs = [
         jax.device_get(
             step(
                 params,
-                batch,
+                on_devices(batch, batch_sharding),
                 jax.random.fold_in(keys["elbo"], i),
                 jax.random.fold_in(keys["iwae"], i),
             )
@@ -145,25 +153,34 @@ def posterior_pass(
 
 
 def compute_metrics(
-    cfg: Any, graphdef: nnx.GraphDef, params: Any, x: np.ndarray, keys: dict[str, jax.Array]
+    cfg: Any,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    x: np.ndarray,
+    keys: dict[str, jax.Array],
+    mesh: Mesh,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All metrics of one split (nats per example unless named otherwise) and the posteriors."""
+    """All metrics of one split (nats per example unless named otherwise) and the posteriors.
+
+    params replicated over mesh; every batch is split over its devices."""
     ecfg = cfg.eval
     # The training run's own validation function: same key, batch size and batch order.
     base = evaluate_split(
-        make_eval_step(graphdef, latent_dim=cfg.model.latent_dim),
+        make_eval_step(graphdef, mesh, latent_dim=cfg.model.latent_dim),
         params,
         x,
         ecfg.batch_size,
         keys["elbo"],
         ecfg.active_threshold,
+        split_on_devices(mesh),
     )
     step = make_posterior_step(
         graphdef,
+        mesh,
         iwae_samples=ecfg.iwae_samples,
         iwae_chunk=ecfg.iwae_chunk,
     )
-    post = posterior_pass(step, params, x, ecfg.batch_size, keys)
+    post = posterior_pass(step, params, x, ecfg.batch_size, keys, split_on_devices(mesh))
     mi = mutual_information(
         keys["mi"],
         jnp.asarray(post["mean"]),
@@ -279,12 +296,12 @@ def evaluate_run(
     x = getattr(splits, split)
     total_steps = cfg.training.epochs * steps_per_epoch(len(splits.train), cfg.training.batch_size)
     graphdef, abstract = abstract_train_state(cfg, splits.train.shape[1:], total_steps)
-    # One device: evaluation is a short loop, and a replicated state would repeat every
-    # computation on each device (on a multi-device CPU host they share the same cores).
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    state, meta = restore_state(run_dir, checkpoint_name, abstract, sharding)
+    # Every local device: the parameters replicated, each batch split over the devices.
+    mesh = make_mesh(jax.local_devices())
+    check_eval_batch(cfg.eval.batch_size, mesh)
+    state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh))
 
-    metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys)
+    metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys, mesh)
     arrays = None
     if cfg.eval.figures:
         arrays = figure_arrays(

@@ -242,17 +242,21 @@ def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
     x = splits.test[:num_images]
     model = build_model(cfg.model, x.shape[1:], nnx.Rngs(params=derive_keys(0)["init"]))
     graphdef, params = split_model(model)
+    mesh = make_mesh(jax.local_devices())
+    params = jax.device_put(params, replicated(mesh))
     step = make_posterior_step(
         graphdef,
+        mesh,
         iwae_samples=cfg.eval.iwae_samples,
         iwae_chunk=cfg.eval.iwae_chunk,
     )
     keys = derive_eval_keys(cfg.training.seed)
+    split = split_on_devices(mesh)
     tic = time.perf_counter()
-    posterior_pass(step, params, x[: cfg.eval.batch_size], cfg.eval.batch_size, keys)
+    posterior_pass(step, params, x[: cfg.eval.batch_size], cfg.eval.batch_size, keys, split)
     first = time.perf_counter() - tic
     tic = time.perf_counter()
-    out = posterior_pass(step, params, x, cfg.eval.batch_size, keys)
+    out = posterior_pass(step, params, x, cfg.eval.batch_size, keys, split)
     total = time.perf_counter() - tic
     return {
         "images": len(x),

@@ -28,6 +28,7 @@ from src.utils.config import config_hash, save_config
 from src.utils.errors import ConfigError, RunDirError
 from src.utils.io import atomic_write_json, read_json
 from src.utils.parallel import (
+    check_eval_batch,
     from_backend,
     initialize_distributed,
     make_mesh,
@@ -74,6 +75,7 @@ def train_and_evaluate(
     # --- Devices: every host holds the data and feeds only its rows of each global batch.
     backend = cfg.parallel.backend
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, batch_size))
+    check_eval_batch(cfg.eval.batch_size, mesh)
     batches = make_batches(
         splits.train, keys["data"], batch_size, per_epoch, split_on_devices(mesh), cfg.data
     )
@@ -162,7 +164,7 @@ def train_and_evaluate(
         nan_policy=tcfg.nan_policy,
         objective=Objective.from_config(tcfg),
     )
-    eval_step = make_eval_step(graphdef, latent_dim=cfg.model.latent_dim)
+    eval_step = make_eval_step(graphdef, mesh, latent_dim=cfg.model.latent_dim)
     # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
     k = tcfg.steps_per_call
     run_steps = make_multi_step(train_step, tcfg.nan_policy, batch_size, mesh)
@@ -183,6 +185,7 @@ def train_and_evaluate(
             cfg.eval.batch_size,
             keys["eval"],
             cfg.eval.active_threshold,
+            split_on_devices(mesh),
         )
         recorder.log(step, "val", metrics)
         value = metrics[cfg.checkpoint.best_metric]

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
@@ -299,15 +299,17 @@ def make_train_step(
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, *, latent_dim: int
+    graphdef: nnx.GraphDef, mesh: Mesh, *, latent_dim: int
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
     """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means.
 
     Deterministic network (no dropout); only the reparameterization noise comes from key. The
     batch is scored as it is (evaluation splits are binarized once, src/data/pipeline.py).
+    A batch split over the mesh is computed where it lies; XLA adds the sums over devices, and
+    the outputs come back replicated, so every process can read them.
     """
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
     def eval_step(params: Any, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
         x, eps = draw_noise(key, batch, latent_dim, False, 1)
         terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)

@@ -88,6 +88,15 @@ def select_devices(num_devices: int, batch_size: int) -> list[Any]:
     return devices
 
 
+def check_eval_batch(batch_size: int, mesh: Mesh) -> None:
+    """Evaluation splits each eval.batch_size batch over the mesh: it must divide evenly."""
+    if batch_size % mesh.size:
+        raise ConfigError(
+            f"eval.batch_size={batch_size} does not divide evenly over {mesh.size} devices; "
+            f"use a multiple of {mesh.size}"
+        )
+
+
 def make_mesh(devices: list[Any]) -> Mesh:
     """A 1-D mesh named "data" over the given devices, in the given order."""
     return jax.make_mesh(
