@@ -19,12 +19,14 @@ from src.data.pipeline import load_splits, steps_per_epoch
 from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
 from src.training import interval as accum
+from src.training.kl import kl_weight_from_config
 from src.training.multistep import make_multi_step, steps_until_boundary
 from src.training.optim import build_optimizer
 from src.training.state import init_state, param_bytes, param_count, split_model
 from src.training.step import Objective, make_eval_step, make_train_step
 from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
+from src.utils.console import Console, start_console
 from src.utils.errors import ConfigError, RunDirError
 from src.utils.io import atomic_write_json, read_json
 from src.utils.parallel import (
@@ -121,12 +123,19 @@ def train_and_evaluate(
         "total_steps": total_steps,
         "train_bound": Objective.from_config(tcfg).describe(),
     }
+    console = Console(
+        cfg.logging.console and writer,
+        total_steps=total_steps,
+        steps_per_epoch=per_epoch,
+        epochs=tcfg.epochs,
+        start_step=int(state.step),
+    )
     recorder = Recorder(
         paths.metrics,
         paths.log_dir,
         header,
         tensorboard=cfg.logging.tensorboard,
-        console=cfg.logging.console,
+        console=console,
         write=writer,
         resume=resume,
         write_every_secs=cfg.logging.record_every_secs,
@@ -150,6 +159,22 @@ def train_and_evaluate(
         save_config(cfg, paths.config)
         atomic_write_json(paths.provenance, prov)
     recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
+    # The header, and the parameter table (also in <log_dir>/params.txt); the fields that
+    # seldom change are shown here and on a line only when they do.
+    first = int(state.step)
+    shown = {"kl_weight": float(kl_weight_from_config(tcfg.kl, first))}
+    shown |= {"lr": float(schedule(first)), "skipped_steps": recorder.data["skipped_steps"]}
+    start_console(
+        console,
+        cfg,
+        paths,
+        list(mesh.devices.flat),
+        splits.info,
+        header,
+        state.params,
+        shown=shown,
+        write=writer,
+    )
 
     # --- Steps.
     train_step = make_train_step(
@@ -268,7 +293,8 @@ def train_and_evaluate(
         """Runs task(step) without counting its time in the interval's examples_per_sec."""
         nonlocal tic
         started = time.perf_counter()
-        task(step)
+        with console.untimed():  # nor its compilation in the console's
+            task(step)
         tic += time.perf_counter() - started
 
     def log_train(step: int, sums: dict[str, jax.Array], steps: int, seconds: float) -> None:
@@ -324,6 +350,7 @@ def train_and_evaluate(
                 if step % cfg.logging.every_steps == 0 or step == total_steps:
                     jax.block_until_ready(sums)  # the interval's time ends with its last step
                     unlogged = (step, sums, interval.steps, elapsed())
+                    console.interval_end()
                     # The next interval's time starts here: it includes this logging, not
                     # validation or checkpoint saves.
                     tic = time.perf_counter()

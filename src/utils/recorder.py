@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from src.utils.console import Console
 from src.utils.errors import StorageError
 from src.utils.io import atomic_write_text, read_json
 
@@ -83,7 +83,7 @@ class Recorder:
         header: dict[str, Any],
         *,
         tensorboard: bool,
-        console: bool,
+        console: bool | Console,
         write: bool,
         resume: bool,
         write_every_secs: float,
@@ -92,7 +92,12 @@ class Recorder:
         self.write = write
         self.write_every_secs = write_every_secs
         self.written_at = -math.inf
-        self.console = console and write
+        # True: a plain Console; the loop passes one that knows the run's length.
+        self.console = (
+            None
+            if not (console and write)
+            else (console if isinstance(console, Console) else Console())
+        )
         self.data: dict[str, Any] = {
             **header,
             "status": "running",
@@ -137,13 +142,8 @@ class Recorder:
         self.history_lines.append(line)
         self.data["final"][split] = record
         self.tensorboard(step, split, record)
-        if self.console:
-            shown = " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in record.items()
-                if k not in ("split", *VECTOR_KEYS) and isinstance(v, int | float)
-            )
-            print(f"[{split:5s}] {shown}", file=sys.stderr, flush=True)
+        if self.console is not None:
+            self.console.record(step, split, record)
         if time.monotonic() - self.written_at >= self.write_every_secs:
             self.save()
 
