@@ -23,7 +23,7 @@ from src.utils.config import (
     read_yaml,
 )
 from src.utils.errors import ConfigError, RunDirError, RunError, UserError
-from src.utils.io import guarded_console
+from src.utils.io import guarded_console, read_json
 from src.utils.rundir import (
     Replacement,
     RunPaths,
@@ -153,6 +153,29 @@ def resume_config(args: Any, overrides: list[str], paths: RunPaths) -> Any:
     return requested
 
 
+def completed_message(paths: RunPaths, cfg: Any) -> str | None:
+    """The line --resume prints for a run that has completed and is not asked to go on.
+
+    A completed run is resumed only to train longer (a raised training.epochs); otherwise its
+    record is left alone: no runs.csv rows, no new TensorBoard events, metrics.json as it is.
+    """
+    if not paths.metrics.is_file():
+        return None
+    record = read_json(paths.metrics)
+    epochs = load_saved_config(paths.config).training.epochs
+    if record.get("status") != "completed" or cfg.training.epochs != epochs:
+        return None
+    best = record.get("best")
+    shown = (
+        f"best val {best['metric']}={best['value']:.4f} at step {best['step']}; " if best else ""
+    )
+    return (
+        f"run {paths.run_dir.name}: already completed ({record.get('total_steps')} steps, "
+        f"{epochs} epochs); {shown}nothing to resume, record unchanged in {paths.run_dir} "
+        f"(to train longer: --resume --config.training.epochs=N with N > {epochs})"
+    )
+
+
 def exit_status(e: BaseException) -> int:
     """The status src.utils.cli.run gives the command for e (a bug's traceback: 1)."""
     if isinstance(e, UserError):
@@ -236,6 +259,10 @@ def _main(argv: Sequence[str]) -> int:
         try:
             if args.resume:
                 cfg = resume_config(args, overrides, paths)
+                done = completed_message(paths, cfg)
+                if done is not None:
+                    print(done)
+                    return 0
 
             from src.training.loop import train_and_evaluate
             from src.utils.compilation import enable_cache
