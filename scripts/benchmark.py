@@ -12,10 +12,6 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.utils.reproducibility import configure_determinism  # noqa: E402
-
-configure_determinism()  # before JAX is imported anywhere
-
 from src.utils.cli import run  # noqa: E402
 
 
@@ -48,6 +44,9 @@ def main(argv):
     if args.iwae_images < 0:
         raise ConfigError(f"--iwae_images must be >= 0, got {args.iwae_images}")
     cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
+    from src.utils.reproducibility import configure_determinism
+
+    configure_determinism(cfg.compile.deterministic_gpu)  # before JAX starts a backend
 
     from src.utils.compilation import enable_cache
 

@@ -8,7 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.utils.reproducibility import configure_determinism  # noqa: E402
 
-configure_determinism()  # before JAX is imported anywhere
+configure_determinism(
+    gpu=True
+)  # before JAX is imported anywhere; evaluation is always deterministic
 
 from src.evaluation.entry import main  # noqa: E402
 from src.utils.cli import run  # noqa: E402

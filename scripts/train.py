@@ -5,10 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.utils.reproducibility import configure_determinism  # noqa: E402
-
-configure_determinism()  # before JAX is imported anywhere
-
 from src.training.entry import main  # noqa: E402
 from src.utils.cli import run  # noqa: E402
 

@@ -13,7 +13,7 @@ import sys
 from src.utils.reproducibility import configure_determinism
 
 if __name__ == "__main__":
-    configure_determinism()
+    configure_determinism(gpu=True)
     from src.training.entry import main
     from src.utils.cli import run
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 from flax import nnx
 
 from src.models.conv import ConvDecoder, ConvEncoder
@@ -81,4 +82,17 @@ def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE:
     likelihood = build_likelihood(cfg, image_shape)
     out_channels = int(image_shape[2]) * likelihood.params_per_pixel
     encoder, decoder = MODELS[cfg.type](cfg, image_shape, out_channels, rngs)
+    for network in (encoder, decoder):
+        set_compute_dtype(network, jnp.dtype(cfg.compute_dtype))
     return VAE(encoder, decoder, likelihood)
+
+
+def set_compute_dtype(network: nnx.Module, dtype: jnp.dtype) -> None:
+    """Makes every layer of network compute in dtype (model.compute_dtype) while its parameters
+    stay float32: Flax layers cast their inputs and parameters to their `dtype` attribute at
+    call time. float32 leaves the layers as built (their dtype is then that of the inputs)."""
+    if dtype == jnp.float32:
+        return
+    for _, layer in nnx.iter_modules(network):
+        if isinstance(layer, nnx.Linear | nnx.Conv | nnx.ConvTranspose | nnx.LayerNorm):
+            layer.dtype = dtype

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from src.models.likelihoods import Likelihood
@@ -20,12 +21,17 @@ class VAE(nnx.Module):
     def encode(
         self, x: jax.Array, dropout_key: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
-        """x: [batch, H, W, C] -> mean, logvar: [batch, latent_dim]. No key: no dropout."""
-        return self.encoder(x, dropout_key)
+        """x: [batch, H, W, C] -> mean, logvar: [batch, latent_dim] float32. No key: no dropout.
+
+        The networks may compute in bfloat16 (model.compute_dtype); what leaves them is float32,
+        so sampling, the KL and the likelihood are always float32."""
+        mean, logvar = self.encoder(x, dropout_key)
+        return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
     def decode(self, z: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        """z: [batch, latent_dim] -> likelihood parameters [batch, H, W, C * params_per_pixel]."""
-        return self.decoder(z, dropout_key)
+        """z: [batch, latent_dim] -> likelihood parameters [batch, H, W, C * params_per_pixel],
+        float32."""
+        return self.decoder(z, dropout_key).astype(jnp.float32)
 
     def nll(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
         """-log p(x|z) per example in nats: [batch]."""

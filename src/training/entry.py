@@ -24,6 +24,7 @@ from src.utils.config import (
 )
 from src.utils.errors import ConfigError, RunDirError, RunError, UserError
 from src.utils.io import guarded_console, read_json
+from src.utils.reproducibility import configure_determinism
 from src.utils.rundir import (
     Replacement,
     RunPaths,
@@ -264,6 +265,7 @@ def _main(argv: Sequence[str]) -> int:
                     print(done)
                     return 0
 
+            configure_determinism(cfg.compile.deterministic_gpu)  # before JAX starts a backend
             from src.training.loop import train_and_evaluate
             from src.utils.compilation import enable_cache
 

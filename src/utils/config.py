@@ -90,6 +90,7 @@ CHOICES = {
     "model.type": ("mlp", "conv", "transformer"),
     "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
     "model.likelihood": ("bernoulli", "gaussian", "categorical"),
+    "model.compute_dtype": ("float32", "bfloat16"),
     "model.gaussian.scale": ("fixed", "shared", "per_pixel"),
     "model.transformer.readout": ("mean", "cls"),
     "training.kl.warmup": ("none", "linear", "cyclical"),

@@ -7,15 +7,19 @@ import random
 
 import numpy as np
 
-# XLA flags that make GPU kernels deterministic (no atomics-based reductions, fixed autotuning).
-# CPU and TPU XLA programs are deterministic for a fixed program and device count already.
+# XLA flags that make GPU programs run-to-run deterministic (docs/performance.md, "GPU
+# determinism"): xla_gpu_deterministic_ops excludes kernels that reduce with atomics (scatter,
+# some reductions) and makes autotuning deterministic; xla_gpu_autotune_level=0 skips autotuning,
+# so the kernels chosen cannot depend on timings. CPU and TPU XLA programs are deterministic for
+# a fixed program and device count already; these flags do nothing there.
 DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true", "--xla_gpu_autotune_level=0")
 
 
-def configure_determinism() -> str:
-    """Adds the deterministic XLA flags to XLA_FLAGS (keeping the user's) and returns the result."""
+def configure_determinism(gpu: bool) -> str:
+    """With gpu (compile.deterministic_gpu), adds the deterministic XLA flags to XLA_FLAGS,
+    keeping any the user set; returns the result. Call before JAX starts a backend."""
     flags = os.environ.get("XLA_FLAGS", "").split()
-    for flag in DETERMINISTIC_XLA_FLAGS:
+    for flag in DETERMINISTIC_XLA_FLAGS if gpu else ():
         name = flag.split("=")[0]
         if not any(f.split("=")[0] == name for f in flags):
             flags.append(flag)
