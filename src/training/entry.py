@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str]):
     parser = ArgumentParser(
         prog="train.py",
         usage="%(prog)s --config=FILE [--model=NAME] [--data=NAME] [--config.SECTION.KEY=VALUE ...]\n"
-        "                [--workdir=DIR] [--run_id=ID] [--overwrite]\n"
+        "                [--workdir=DIR] [--run_id=ID] [--overwrite] [--dry_run]\n"
         "       %(prog)s --run_id=ID --resume [--workdir=DIR] [--config.training.epochs=N]",
         description="Train a VAE from a YAML config.",
         epilog=overrides_help(
@@ -118,6 +118,12 @@ def parse_args(argv: Sequence[str]):
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --run_id (otherwise refused)"
+    )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check the config and print the parameters, FLOPs and memory per step, the steps "
+        "and the data of the run; trains and writes nothing",
     )
     args = parser.parse_args(rest)
     return args, overrides
@@ -248,6 +254,16 @@ def _main(argv: Sequence[str]) -> int:
         cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
         paths = run_paths(args.workdir, args.run_id or default_run_id(cfg.experiment.name))
         writer = writes_run_folder(cfg.parallel)
+    if args.dry_run:  # nothing is locked, prepared or written
+        if args.resume:
+            if not paths.config.is_file():
+                raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")
+            cfg = resume_config(args, overrides, paths)
+        configure_determinism(cfg.compile.deterministic_gpu)  # the program a run compiles
+        from src.training.dry_run import dry_run
+
+        print(dry_run(cfg, paths, resume=args.resume))
+        return 0
     replacement = Replacement([])
     # One writer per run folder: the lock is taken before anything is written and held until
     # the process ends. Other processes of a multi-process run only read the folder.
