@@ -59,6 +59,12 @@ def main(argv):
     result["command"] = [sys.executable, *sys.argv]
     atomic_write_json(Path(args.out), result)
     print(json.dumps(result, indent=2))
+    ref = result["reference"]
+    print(
+        f"project step {result['examples_per_s']:,.0f} examples/s, reference (plain Flax) step "
+        f"{ref['examples_per_s']:,.0f} examples/s: ratio {ref['bare_over_reference']:.3f}",
+        file=sys.stderr,
+    )
     return 0
 
 

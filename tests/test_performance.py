@@ -152,6 +152,9 @@ def test_benchmark_writes_well_formed_json(tmp_path):
         ab["saves"] > 0 and len(ab["wall_s_saving_often"]) == len(ab["wall_s_saving_at_end"]) == 1
     )
     assert data["peak_host_rss_bytes"] > 0
+    ref = data["reference"]
+    assert ref["bare_over_reference"] == pytest.approx(data["steps_per_s"] / ref["steps_per_s"])
+    assert f"ratio {ref['bare_over_reference']:.3f}" in result.stderr.splitlines()[-1]
     assert data["iwae"]["images"] == 40 and data["iwae"]["finite"] and data["iwae"]["seconds"] > 0
 
 

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -39,6 +40,7 @@ from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
 from src.models.registry import build_model
 from src.training.loop import derive_keys, train_and_evaluate
+from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, param_count, split_model
 from src.training.step import Objective, make_train_step
@@ -122,6 +124,51 @@ def build_step(cfg: Any) -> StepSetup:
         objective=Objective.from_config(tcfg),
     )
     return StepSetup(keys, batches, per_epoch, mesh, state, train_step)
+
+
+def reference_step(cfg: Any, steps: int) -> Callable[[], float]:
+    """The simplest step a user could write, as the Flax VAE example writes one, to compare
+    against: the same model, likelihood, optimizer and batch; jax.jit without donation or
+    sharding; noise and binarization drawn inside; one host numpy batch passed per call; the
+    loss as its only output (no metrics, no NaN guard, no KL schedule). Returns time_steps(),
+    steps per second of `steps` back-to-back calls."""
+    tcfg = cfg.training
+    splits = load_splits(cfg.data)
+    batch = np.asarray(splits.train[: tcfg.batch_size])
+    model = build_model(cfg.model, batch.shape[1:], nnx.Rngs(params=derive_keys(0)["init"]))
+    graphdef, params = split_model(model)
+    tx, _ = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs)
+    opt_state = tx.init(params)
+    binarize = cfg.data.binarize == "dynamic"
+
+    @jax.jit
+    def step(params: Any, opt_state: Any, x: jax.Array, key: jax.Array) -> tuple:
+        k_eps, k_bin = jax.random.split(key)
+        if binarize:
+            x = jax.random.bernoulli(k_bin, x).astype(x.dtype)
+
+        def loss_fn(params: Any) -> jax.Array:
+            eps = jax.random.normal(k_eps, (x.shape[0], cfg.model.latent_dim))
+            terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)
+            return terms.recon.mean() + terms.kl_per_dim.sum(-1).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    keys = [jax.random.key(s) for s in range(steps)]
+    params, opt_state, loss = step(params, opt_state, batch, keys[0])  # compile
+    jax.block_until_ready(loss)
+
+    def time_steps() -> float:
+        nonlocal params, opt_state, loss
+        tic = time.perf_counter()
+        for k in keys:
+            params, opt_state, loss = step(params, opt_state, batch, k)
+        jax.block_until_ready((params, opt_state, loss))
+        return steps / (time.perf_counter() - tic)
+
+    return time_steps
 
 
 def bare_step(
@@ -288,16 +335,19 @@ def run_benchmark(
     save_every = max(k, total // 20 // k * k)
     often_cfg = with_overrides(loop_cfg, [f"checkpoint.every_steps={save_every}"])
     rarely_cfg = with_overrides(loop_cfg, [f"checkpoint.every_steps={total}"])
-    bares, loops, singles, often, rarely = [], [], [], [], []
+    time_reference = reference_step(cfg, steps)
+    bares, references, loops, singles, often, rarely = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # alternated, so that every variant sees the same load
             bares.append(time_steps())
+            references.append(time_reference())
             loops.append(loop_run(loop_cfg, Path(tmp), f"loop{r}"))
             if k > 1:
                 singles.append(loop_run(single_cfg, Path(tmp), f"single{r}"))
             often.append(loop_run(often_cfg, Path(tmp), f"often{r}"))
             rarely.append(loop_run(rarely_cfg, Path(tmp), f"rarely{r}"))
     bare_rate = statistics.median(bares)
+    reference_rate = statistics.median(references)
     bare.update(
         steps_per_s=bare_rate,
         steps_per_s_runs=bares,
@@ -334,6 +384,13 @@ def run_benchmark(
         "flops_per_s": achieved,
         "matmul_ceiling": ceiling,
         "mfu": achieved / ceiling["flops_per_s"] if achieved is not None else None,
+        # The plain step of reference_step, timed alternately with the bare step.
+        "reference": {
+            "steps_per_s": reference_rate,
+            "steps_per_s_runs": references,
+            "examples_per_s": reference_rate * cfg.training.batch_size,
+            "bare_over_reference": bare_rate / reference_rate,
+        },
         "loop": {
             "epochs": epochs,
             "total_steps": epochs * per_epoch,
