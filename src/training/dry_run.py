@@ -10,7 +10,7 @@ folder, no runs.csv row, no compilation cache of the config's compile.cache_dir.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 from flax import nnx
@@ -77,7 +77,7 @@ def step_analysis(
     )
     key = jax.eval_shape(lambda: jax.random.key(0))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated(mesh))
-    compiled = train_step.lower(state, batch, key).compile()
+    compiled = cast(Any, train_step).lower(state, batch, key).compile()  # a jax.jit function
     try:
         memory = compiled.memory_analysis()
     except Exception:  # not every backend implements it
