@@ -48,6 +48,9 @@ RESUMABLE_OVERRIDES = {
     "parallel.coordinator_address",
     "parallel.num_processes",
     "parallel.process_id",
+    "profile.enabled",
+    "profile.start_step",
+    "profile.num_steps",
 }
 
 

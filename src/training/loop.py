@@ -39,6 +39,7 @@ from src.utils.parallel import (
     split_on_devices,
     to_backend,
 )
+from src.utils.profiling import StepProfiler
 from src.utils.recorder import Recorder, is_better
 from src.utils.reproducibility import seed_host_rngs
 from src.utils.rundir import RunPaths
@@ -283,6 +284,7 @@ def train_and_evaluate(
         assert last is not None  # a step has run
         return nonfinite_failure(step + 1, last)
 
+    profiler = StepProfiler(cfg.profile, paths.log_dir, writer)  # profile.*: a trace of steps
     if on_start is not None:
         on_start()
     recorder.update(status="running")
@@ -327,6 +329,7 @@ def train_and_evaluate(
             while step < total_steps and stop.signum is None and diverged is None:
                 n = k if steps_until_boundary(step, boundaries, total_steps) >= k else 1
                 previous = last
+                profiler.before(step)
                 state, sums, last = run_steps(
                     state, interval.sums, last, batches.chunk(step, n), keys["train"], step
                 )
@@ -335,6 +338,7 @@ def train_and_evaluate(
                     unlogged = None
                 interval = accum.Interval(sums, interval.steps + n, interval.seconds)
                 step += n
+                profiler.after(step, last)
                 # The host may run one call ahead of the device, not more: bounded memory,
                 # and the device never waits for the host.
                 jax.block_until_ready(previous)
@@ -396,6 +400,7 @@ def train_and_evaluate(
             run_index.record_end(paths.run_dir, recorder.data, started_at, write=writer)
             batches.close()
             recorder.close()
+            profiler.close(last)
         finally:
             checkpoint.close(last_manager)
             checkpoint.close(best_manager)

@@ -59,6 +59,7 @@ POSITIVE = {
     "data.synthetic.num_examples",
     "data.synthetic.latent_dim",
     "data.synthetic.lengthscale",
+    "profile.num_steps",
 }
 NON_NEGATIVE = {
     "training.kl.beta",
@@ -75,6 +76,7 @@ NON_NEGATIVE = {
     "parallel.num_processes",
     "compile.min_compile_secs",
     "logging.record_every_secs",
+    "profile.start_step",
 }
 PROBABILITY = {
     "data.val_fraction",
