@@ -151,3 +151,17 @@ def test_param_table_of_an_abstract_tree():
     table = param_table(tree).splitlines()
     assert table[1].split() == ["a/w", "(3,", "4)", "float32", "12"]
     assert table[-1].split() == ["total", "68", "B", "17"]
+
+
+def test_readme_shows_the_console_as_it_is(tiny_run):
+    """The README's captured console has the header labels and line shapes of a real run."""
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### What a run's console looks like")[1].split("```")[1]
+    stderr, _, _ = tiny_run
+    labels = [line.split(":")[0] for line in block.splitlines() if line.startswith("  ")]
+    assert labels == [line.split(":")[0] for line in stderr.splitlines() if line.startswith("  ")]
+    shape = r"\[train\] step \d+/\d+ epoch \d+/\d+ \d+:\d\d eta \d+:\d\d loss=\S+ elbo=\S+ recon="
+    readme_train = [line for line in block.splitlines() if line.startswith("[train]")]
+    assert readme_train and all(re.match(shape, line) for line in readme_train)
