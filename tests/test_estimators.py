@@ -199,3 +199,13 @@ def test_mutual_information_is_within_zero_and_log_n():
         logvars = rng.normal(size=(n, 3)).astype(np.float32)
         value = mi(means, logvars, samples=20, chunk=7)
         assert 0.0 <= value <= math.log(n)
+
+
+def test_kl_mass_units_counts_the_dimensions_that_carry_the_kl():
+    from src.evaluation.metrics import kl_mass_units
+
+    assert kl_mass_units(np.array([0.0, 5.0, 0.02, 3.0, 2.0]), 0.99) == 3
+    assert kl_mass_units(np.array([0.0, 5.0, 0.02, 3.0, 2.0]), 0.9999) == 4
+    assert kl_mass_units(np.array([0.0, 5.0, 0.02, 3.0, 2.0]), 0.49) == 1  # 5 of 10.02 nats
+    assert kl_mass_units(np.array([0.001, 0.001, 0.001]), 0.99) == 3  # scale-free
+    assert kl_mass_units(np.zeros(4), 0.99) == 0

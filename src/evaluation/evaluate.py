@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
-from src.evaluation.metrics import evaluate_split, on_devices
+from src.evaluation.metrics import evaluate_split, kl_mass_units, on_devices
 from src.models.registry import build_model
 from src.training.loop import derive_keys
 from src.training.optim import build_optimizer
@@ -201,6 +201,8 @@ def compute_metrics(
         "elbo_bits_per_dim": -base["elbo"] / bits,
         "data_dims": dims,
         "active_threshold": ecfg.active_threshold,
+        "kl_mass_units": kl_mass_units(np.asarray(base["kl_per_dim"]), ecfg.kl_mass_share),
+        "kl_mass_share": ecfg.kl_mass_share,
         "posterior_mean_var": np.var(post["mean"].astype(np.float64), axis=0).tolist(),
     }
     return metrics, post

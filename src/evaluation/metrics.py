@@ -20,6 +20,19 @@ def active_units(posterior_means: np.ndarray, threshold: float) -> int:
     return int(np.sum(np.var(posterior_means.astype(np.float64), axis=0) > threshold))
 
 
+def kl_mass_units(kl_per_dim: np.ndarray, share: float) -> int:
+    """The fewest latent dimensions that together carry `share` of the total KL.
+
+    A scale-free count of used dimensions: unlike the variance threshold of active_units,
+    which counts a nearly collapsed dimension as soon as Var_x(E_q[z_d|x]) > threshold, it asks
+    how many dimensions the information sits in (0 when the total KL is 0)."""
+    kl = np.sort(np.maximum(np.asarray(kl_per_dim, np.float64), 0.0))[::-1]
+    total = kl.sum()
+    if total <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(kl), share * total * (1 - 1e-12)) + 1)
+
+
 def on_devices(batch: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     """A host batch (held whole by every process) split over sharding's devices; each process
     places only the rows of its own devices."""

@@ -87,6 +87,7 @@ PROBABILITY = {
     "optimizer.end_lr_fraction",
     "training.kl.cycle_ramp",
     "training.max_skipped_fraction",
+    "eval.kl_mass_share",
 }
 CHOICES = {
     "model.type": ("mlp", "conv", "transformer"),
