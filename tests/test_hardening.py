@@ -352,8 +352,10 @@ def test_a_signal_after_the_command_ended_exits_with_its_status():
         "guard = CommandGuard(keep=True).__enter__()\n"
         "guard.phase = 'after'\n"
         "guard.finish(3)\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "time.sleep(30)\n"
+        "time.sleep(0.5)\n"
+        "raise SystemExit(3)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60)
     assert result.returncode == 3

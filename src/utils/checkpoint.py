@@ -77,11 +77,13 @@ def make_manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
 
 class _StorageFailureLogs(logging.Filter):
     """Drops Orbax's error logs about a failed write (a page of traceback from each of its
-    threads): the run reports the failure once, as a one-line StorageError."""
+    threads): the run reports the failure once, as a one-line StorageError. Also its warning
+    about a step without _CHECKPOINT_METADATA, which a kill leaves and which restores."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
-            return True
+            # A step whose save a kill cut short after its rename: it restores all the same.
+            return not record.getMessage().startswith("Metadata file does not exist")
         error = record.exc_info[1] if record.exc_info else None
         if error is not None and is_storage_failure(error):
             return False

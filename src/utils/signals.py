@@ -6,9 +6,10 @@ Two handlers share the work:
   Before the training loop has started, a signal raises Interrupted (a BaseException, so no
   `except Exception` swallows it): nothing has been trained, the command undoes what it
   prepared (an --overwrite'n run comes back) and exits 128 + signal number. After the loop, a
-  signal is noted and ignored: the run has ended and its record says how; once the command has
-  its exit status, a signal ends the process at once with that status, so the exit status and
-  the record always agree.
+  signal is noted and ignored: the run has ended and its record says how. Once the command has
+  its exit status, run as a script, the signals are ignored (SIG_IGN, which the interpreter's
+  shutdown keeps, unlike a Python handler) until the process has exited with that status, so
+  the exit status and the record always agree.
 - StopRequest, around the loop. The first signal asks the loop to stop: it polls
   StopRequest.signum after each step, saves model_last and records the run as interrupted. A
   second signal ends the process at once with os._exit: every file the run has written is
@@ -75,8 +76,11 @@ class CommandGuard:
         self.late = signum  # noted only: printing here could re-enter a print in progress
 
     def finish(self, status: int) -> int:
-        """Records the command's exit status; a later signal exits with it."""
+        """Records the command's exit status: a later signal exits with it, and run as a script
+        (keep) the signals are ignored from here until the process has exited."""
         self.status = status
+        if self.keep:
+            _install(signal.SIG_IGN)
         return status
 
     def __enter__(self) -> CommandGuard:
