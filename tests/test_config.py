@@ -215,7 +215,7 @@ def test_yaml_syntax_error_names_file_line_and_column(
             "training.foo=1",
             "unknown config key 'training.foo' (keys of training: seed, epochs, batch_size, lr, ",
         ),
-        ("compile.zzz=1", "(keys of compile: cache_dir, min_compile_secs)"),
+        ("compile.zzz=1", "(keys of compile: deterministic_gpu, cache_dir, min_compile_secs)"),
         # The name belongs to another section.
         (
             "training.latent_dim=3",
