@@ -581,15 +581,25 @@ def test_a_truncated_only_checkpoint_is_exit_4_with_one_line(stopped_run, capsys
     assert (stopped_run / "model_last" / "30").is_dir()  # nothing moved
 
 
-def test_evaluate_refuses_a_corrupted_checkpoint_with_exit_4(stopped_run, capsys):
+@pytest.mark.parametrize("target", ["data", "state/_METADATA", "metadata without checksums"])
+def test_evaluate_refuses_a_corrupted_checkpoint_with_exit_4(stopped_run, capsys, target):
     from src.evaluation.entry import main
     from src.utils.cli import run
 
-    overwrite_1kb(data_files(stopped_run / "model_best" / "20")[0])
+    step = stopped_run / "model_best" / "20"
+    if target == "data":
+        overwrite_1kb(data_files(step)[0])
+    else:
+        metadata = bytearray((step / "state" / "_METADATA").read_bytes())
+        metadata[50] ^= 0xFF
+        (step / "state" / "_METADATA").write_bytes(bytes(metadata))
+        if target == "metadata without checksums":
+            (step / "checksums.json").unlink()
     capsys.readouterr()
     assert run(main, [f"--run_dir={stopped_run}", "--checkpoint=best", "--split=val"]) == 4
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model_best/20" in err[0] and "checksum" in err[0], err
+    expected = "does not read back" if target.endswith("checksums") else "checksum"
+    assert len(err) == 1 and "model_best/20" in err[0] and expected in err[0], err
 
 
 # --- 7. A full disk: one line, and the record never claims a checkpoint that is not on disk.

@@ -397,7 +397,14 @@ def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 def check_matches(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
     """Raises RunDirError naming the first array whose name, shape or dtype differ between the
     checkpoint at step and abstract_state (the state the current config builds)."""
-    saved = _leaf_specs(manager.item_metadata(step)["state"])
+    folder = Path(manager.directory) / str(step)
+    verify(folder)  # a corrupted step is named as such, not as a mismatch or a traceback
+    try:
+        with _quiet_reads():
+            metadata = manager.item_metadata(step)["state"]
+    except Exception as e:
+        raise CorruptStep(folder, f"its metadata does not read back: {_first_line(e)}") from e
+    saved = _leaf_specs(metadata)
     expected = _leaf_specs(abstract_state)
     where = f"{manager.directory}/{step}"
     # The state's own order (step, params, opt_state): a model change is reported on params.
