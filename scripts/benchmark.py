@@ -51,7 +51,7 @@ def main(argv):
     from src.utils.compilation import enable_cache
 
     enable_cache(cfg.compile)  # before the first compilation
-    from src.training.benchmark import run_benchmark
+    from src.experiments.benchmark import run_benchmark
 
     result = run_benchmark(
         cfg, args.steps, args.repeats, args.matmul_size, args.iwae_images, STARTED

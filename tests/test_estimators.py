@@ -14,7 +14,7 @@ from src.evaluation.estimators import (
     iwae_log_likelihood,
     mutual_information,
 )
-from src.evaluation.metrics import active_units
+from src.training.validation import active_units
 
 NOISE_VAR = 0.25  # sigma^2 of the test's Gaussian likelihood
 

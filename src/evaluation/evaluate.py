@@ -23,12 +23,13 @@ from jax.sharding import PartitionSpec as P
 from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
-from src.evaluation.metrics import evaluate_split, kl_mass_units, on_devices
+from src.evaluation.metrics import kl_mass_units
 from src.models.registry import build_model
-from src.training.loop import derive_keys
 from src.training.optim import build_optimizer
+from src.training.setup import derive_keys
 from src.training.state import TrainState, init_state, split_model
 from src.training.step import make_eval_step
+from src.training.validation import evaluate_split, on_devices
 from src.utils import checkpoint
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError

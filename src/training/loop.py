@@ -16,14 +16,15 @@ from flax import nnx
 
 from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
-from src.evaluation.metrics import evaluate_split
 from src.models.registry import build_model
 from src.training import interval as accum
 from src.training.kl import kl_weight_from_config
 from src.training.multistep import make_multi_step, steps_until_boundary
 from src.training.optim import build_optimizer
+from src.training.setup import derive_keys
 from src.training.state import init_state, param_bytes, param_count, split_model
 from src.training.step import Objective, make_eval_step, make_train_step
+from src.training.validation import evaluate_split
 from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
 from src.utils.console import Console, start_console
@@ -44,12 +45,6 @@ from src.utils.recorder import Recorder, is_better
 from src.utils.reproducibility import seed_host_rngs
 from src.utils.rundir import RunPaths
 from src.utils.signals import StopRequest
-
-
-def derive_keys(seed: int) -> dict[str, jax.Array]:
-    """One root key split once into the four streams the run uses."""
-    init, data, train, evaluation = jax.random.split(jax.random.key(seed), 4)
-    return {"init": init, "data": data, "train": train, "eval": evaluation}
 
 
 def train_and_evaluate(

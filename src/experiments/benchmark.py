@@ -39,9 +39,10 @@ from jax.sharding import Mesh
 from src.data.batches import make_batches
 from src.data.pipeline import load_splits, steps_per_epoch
 from src.models.registry import build_model
-from src.training.loop import derive_keys, train_and_evaluate
+from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
+from src.training.setup import derive_keys
 from src.training.state import TrainState, init_state, param_count, split_model
 from src.training.step import Objective, make_train_step
 from src.utils import checkpoint
