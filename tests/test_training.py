@@ -114,10 +114,12 @@ def test_cli_writes_a_complete_run_record(tmp_path, tiny_overrides):
 
 
 def _hashes(folder: Path) -> dict[str, str]:
+    """Every file's hash, but the run locks (checkpoints/.<run_id>.lock, which any command on a
+    run takes first and which name its last holder's PID)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not (p.parent.name == "checkpoints" and p.name.endswith(".lock"))
     }
 
 
