@@ -98,12 +98,12 @@ def test_overwrite_that_fails_its_checks_keeps_the_old_run(tmp_path, extra, erro
 
 
 def test_overwrite_deletes_the_old_run_once_the_new_one_starts(tmp_path, monkeypatch):
-    from src.training import loop
+    from src.training import loop, setup
     from src.training.entry import main
 
     files = fake_run(tmp_path, "keep")
     seen: dict[str, Any] = {}
-    load_splits, record_start = loop.load_splits, loop.run_index.record_start
+    load_splits, record_start = setup.load_splits, loop.run_index.record_start
 
     def checking(cfg: Any) -> Any:  # the data checks: the old run is set aside, not deleted
         seen["at the checks"] = leftovers(tmp_path)
@@ -113,7 +113,7 @@ def test_overwrite_deletes_the_old_run_once_the_new_one_starts(tmp_path, monkeyp
         seen["at the start"] = leftovers(tmp_path)
         return record_start(run_dir, record, write)
 
-    monkeypatch.setattr(loop, "load_splits", checking)
+    monkeypatch.setattr(setup, "load_splits", checking)
     monkeypatch.setattr(loop.run_index, "record_start", starting)
     assert main(cli_args(tmp_path, "keep", "--overwrite")) == 0
     assert seen == {"at the checks": [".keep.replaced"] * 3, "at the start": []}
@@ -306,17 +306,17 @@ def test_sighup_stops_a_run_like_sigterm(tmp_path, monkeypatch, default_handlers
 def test_a_signal_before_training_starts_keeps_the_replaced_run(
     tmp_path, monkeypatch, default_handlers, capsys
 ):
-    from src.training import loop
+    from src.training import setup
     from src.training.entry import main
 
     files = fake_run(tmp_path, "keep")
-    load_splits = loop.load_splits
+    load_splits = setup.load_splits
 
     def interrupted(cfg: Any) -> Any:
         os.kill(os.getpid(), signal.SIGTERM)
         return load_splits(cfg)
 
-    monkeypatch.setattr(loop, "load_splits", interrupted)
+    monkeypatch.setattr(setup, "load_splits", interrupted)
     assert main(cli_args(tmp_path, "keep", "--overwrite")) == 128 + signal.SIGTERM
     assert default_handlers == []
     assert_files(files)

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from src.data.pipeline import Splits
-from src.training import loop
+from src.training import setup
 from src.training.loop import train_and_evaluate
 from src.training.multistep import steps_until_boundary
 from src.utils.config import load_config
@@ -71,7 +71,7 @@ def test_steps_per_call_equals_single_steps(tmp_path):
 
 def with_nan_example(monkeypatch) -> None:
     """One training example becomes NaN: every step whose batch holds it is non-finite."""
-    original = loop.load_splits
+    original = setup.load_splits
 
     def load_splits(cfg):
         splits = original(cfg)
@@ -79,7 +79,7 @@ def with_nan_example(monkeypatch) -> None:
         train[7] = np.nan
         return Splits(train, splits.val, splits.test, splits.info)
 
-    monkeypatch.setattr(loop, "load_splits", load_splits)
+    monkeypatch.setattr(setup, "load_splits", load_splits)
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])

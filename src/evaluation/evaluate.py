@@ -24,10 +24,8 @@ from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
-from src.models.registry import build_model
-from src.training.optim import build_optimizer
-from src.training.setup import derive_keys
-from src.training.state import TrainState, init_state, split_model
+from src.training.setup import abstract_train_state, derive_keys
+from src.training.state import TrainState
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
 from src.utils import checkpoint
@@ -73,16 +71,6 @@ def load_run_config(run_dir: Path, overrides: Sequence[str]) -> Any:
 
 
 # --- Restore.
-
-
-def abstract_train_state(
-    cfg: Any, image_shape: Sequence[int], total_steps: int
-) -> tuple[nnx.GraphDef, TrainState]:
-    """(graphdef, TrainState of ShapeDtypeStructs) that cfg builds, without allocating arrays."""
-    model = nnx.eval_shape(lambda: build_model(cfg.model, image_shape, nnx.Rngs(0)))
-    graphdef, params = split_model(model)
-    tx, _ = build_optimizer(cfg.optimizer, cfg.training.lr, total_steps)
-    return graphdef, jax.eval_shape(lambda p: init_state(p, tx), params)
 
 
 def restore_state(

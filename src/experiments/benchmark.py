@@ -27,28 +27,25 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
 
-from src.data.batches import make_batches
-from src.data.pipeline import load_splits, steps_per_epoch
+from src.data.pipeline import load_splits
 from src.models.registry import build_model
 from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
-from src.training.setup import derive_keys
-from src.training.state import TrainState, init_state, param_count, split_model
-from src.training.step import Objective, make_train_step
+from src.training.setup import Setup, derive_keys, setup
+from src.training.state import param_count, split_model
 from src.utils import checkpoint
 from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
 from src.utils.errors import ConfigError
-from src.utils.parallel import make_mesh, replicated, select_devices, split_on_devices
+from src.utils.parallel import make_mesh, replicated, split_on_devices
 from src.utils.rundir import prepare, run_paths
 
 
@@ -84,47 +81,14 @@ def xla_flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None else None
 
 
-class StepSetup(NamedTuple):
-    keys: dict[str, jax.Array]
-    batches: Any  # DeviceBatches or StreamedBatches, as data.on_device chooses
-    steps_per_epoch: int
-    mesh: Mesh
-    state: TrainState  # replicated over the mesh
-    train_step: Callable[..., Any]  # jax.jit(train_step)(state, batch, key)
-
-
-def build_step(cfg: Any) -> StepSetup:
-    """The data, initial state and train step of cfg as the loop builds them (shard_map)."""
-    tcfg = cfg.training
+def build_step(cfg: Any) -> Setup:
+    """cfg's run as the loop builds it (src/training/setup.py), for the shard_map backend."""
     if cfg.parallel.backend != "shard_map":  # the pmap step is not one jitted function
         raise ConfigError(
             f"benchmark.py: parallel.backend={cfg.parallel.backend} is not supported; "
             "use parallel.backend=shard_map"
         )
-    keys = derive_keys(tcfg.seed)
-    splits = load_splits(cfg.data)
-    per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
-    mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
-    batches = make_batches(
-        splits.train, keys["data"], tcfg.batch_size, per_epoch, split_on_devices(mesh), cfg.data
-    )
-    model = build_model(cfg.model, splits.train.shape[1:], nnx.Rngs(params=keys["init"]))
-    graphdef, params = split_model(model)
-    tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs * per_epoch)
-    state = jax.device_put(init_state(params, tx), replicated(mesh))
-    train_step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        mesh,
-        backend="shard_map",
-        latent_dim=cfg.model.latent_dim,
-        kl=tcfg.kl,
-        dynamic_binarize=cfg.data.binarize == "dynamic",
-        nan_policy=tcfg.nan_policy,
-        objective=Objective.from_config(tcfg),
-    )
-    return StepSetup(keys, batches, per_epoch, mesh, state, train_step)
+    return setup(cfg)
 
 
 def reference_step(cfg: Any, steps: int) -> Callable[[], float]:
@@ -183,13 +147,14 @@ def bare_step(
     the batch, waited for), and the time of one model_last save (the part
     the loop waits for, and until it is on disk).
     """
-    keys, batches, per_epoch, _, state, train_step = build_step(cfg)
+    run = build_step(cfg)
+    keys, batches, per_epoch, state = run.keys, run.batches, run.steps_per_epoch, run.state
     batch = batches(0)
     key = jax.random.fold_in(keys["train"], 0)
     setup_s = time.perf_counter() - started
 
     tic = time.perf_counter()
-    jitted: Any = train_step  # a jax.jit function; its type alias hides .lower
+    jitted: Any = run.train_step  # a jax.jit function; its type alias hides .lower
     lowered = jitted.lower(state, batch, key)
     lower_s = time.perf_counter() - tic
     tic = time.perf_counter()

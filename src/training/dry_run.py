@@ -13,14 +13,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 import jax
-from flax import nnx
 
 from src.data.batches import fits_on_device
 from src.data.pipeline import load_splits, steps_per_epoch
-from src.models.registry import build_model
-from src.training.optim import build_optimizer
-from src.training.state import init_state, param_bytes, param_count, split_model
-from src.training.step import Objective, make_train_step
+from src.training.setup import build_state, build_train_step
+from src.training.state import param_bytes, param_count
 from src.utils.config import config_hash
 from src.utils.console import number, param_table, size
 from src.utils.parallel import (
@@ -57,18 +54,7 @@ def step_analysis(
     The shard_map program is analysed whatever parallel.backend is (pmap runs the same body).
     """
     tcfg = cfg.training
-    train_step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        mesh,
-        backend="shard_map",
-        latent_dim=cfg.model.latent_dim,
-        kl=tcfg.kl,
-        dynamic_binarize=cfg.data.binarize == "dynamic",
-        nan_policy=tcfg.nan_policy,
-        objective=Objective.from_config(tcfg),
-    )
+    train_step = build_train_step(cfg, graphdef, tx, schedule, mesh, backend="shard_map")
     state = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), state
     )
@@ -97,13 +83,8 @@ def dry_run(cfg: Any, paths: RunPaths, *, resume: bool = False) -> str:
     check_eval_batch(cfg.eval.batch_size, mesh)
 
     # Abstract model and optimizer state: shapes and dtypes only.
-    model = nnx.eval_shape(
-        lambda: build_model(cfg.model, image_shape, nnx.Rngs(params=jax.random.key(0)))
-    )
-    graphdef, params = split_model(model)
-    tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, total_steps)
-    state = jax.eval_shape(lambda p: init_state(p, tx), params)
-    opt_bytes = param_bytes(state.opt_state)
+    graphdef, tx, schedule, state = build_state(cfg, image_shape, total_steps, None)
+    params, opt_bytes = state.params, param_bytes(state.opt_state)
     cost, memory = step_analysis(cfg, graphdef, state, tx, schedule, mesh, splits.train[0])
 
     info = splits.info

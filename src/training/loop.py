@@ -12,18 +12,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from src.data.batches import make_batches
-from src.data.pipeline import load_splits, steps_per_epoch
-from src.models.registry import build_model
 from src.training import interval as accum
 from src.training.kl import kl_weight_from_config
 from src.training.multistep import make_multi_step, steps_until_boundary
-from src.training.optim import build_optimizer
-from src.training.setup import derive_keys
-from src.training.state import init_state, param_bytes, param_count, split_model
-from src.training.step import Objective, make_eval_step, make_train_step
+from src.training.setup import setup
+from src.training.state import param_bytes, param_count
+from src.training.step import Objective
 from src.training.validation import evaluate_split
 from src.utils import checkpoint, provenance, run_index
 from src.utils.config import config_hash, save_config
@@ -31,18 +26,14 @@ from src.utils.console import Console, start_console
 from src.utils.errors import ConfigError, RunDirError
 from src.utils.io import atomic_write_json, read_json
 from src.utils.parallel import (
-    check_eval_batch,
     from_backend,
     initialize_distributed,
-    make_mesh,
     replicated,
-    select_devices,
     split_on_devices,
     to_backend,
 )
 from src.utils.profiling import StepProfiler
 from src.utils.recorder import Recorder, is_better
-from src.utils.reproducibility import seed_host_rngs
 from src.utils.rundir import RunPaths
 from src.utils.signals import StopRequest
 
@@ -59,31 +50,11 @@ def train_and_evaluate(
     initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
     writer = jax.process_index() == 0
 
-    # --- Keys: init / data order / train-step noise / eval noise.
-    seed_host_rngs(tcfg.seed)
-    keys = derive_keys(tcfg.seed)
-
-    # --- Data: on the devices, or streamed from the host (data.on_device).
-    splits = load_splits(cfg.data)
-    image_shape = splits.train.shape[1:]
-    batch_size = tcfg.batch_size
-    per_epoch = steps_per_epoch(len(splits.train), batch_size)
-    total_steps = tcfg.epochs * per_epoch
-
-    # --- Devices: every host holds the data and feeds only its rows of each global batch.
-    backend = cfg.parallel.backend
-    mesh = make_mesh(select_devices(cfg.parallel.num_devices, batch_size))
-    check_eval_batch(cfg.eval.batch_size, mesh)
-    batches = make_batches(
-        splits.train, keys["data"], batch_size, per_epoch, split_on_devices(mesh), cfg.data
-    )
-
-    # --- Model and optimizer: NNX once, pure pytrees from here on.
-    model = build_model(cfg.model, image_shape, nnx.Rngs(params=keys["init"]))
-    graphdef, params = split_model(model)
-    del model
-    tx, schedule = build_optimizer(cfg.optimizer, tcfg.lr, total_steps)
-    state = jax.device_put(init_state(params, tx), replicated(mesh))  # canonical layout
+    # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py).
+    run = setup(cfg)
+    keys, splits, mesh, batches, state = run.keys, run.splits, run.mesh, run.batches, run.state
+    per_epoch, total_steps, schedule = run.steps_per_epoch, run.total_steps, run.schedule
+    batch_size, backend = tcfg.batch_size, cfg.parallel.backend
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
     last_manager = checkpoint.make_manager(paths.last, cfg.checkpoint.keep_last)
@@ -173,19 +144,7 @@ def train_and_evaluate(
     )
 
     # --- Steps.
-    train_step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        mesh,
-        backend=backend,
-        latent_dim=cfg.model.latent_dim,
-        kl=tcfg.kl,
-        dynamic_binarize=cfg.data.binarize == "dynamic",
-        nan_policy=tcfg.nan_policy,
-        objective=Objective.from_config(tcfg),
-    )
-    eval_step = make_eval_step(graphdef, mesh, latent_dim=cfg.model.latent_dim)
+    train_step, eval_step = run.train_step, run.eval_step
     # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
     k = tcfg.steps_per_call
     run_steps = make_multi_step(train_step, tcfg.nan_policy, batch_size, mesh)
