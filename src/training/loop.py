@@ -1,23 +1,27 @@
 """train_and_evaluate(cfg, paths): the training loop, read top to bottom.
 
-Sections: keys, data, devices, model and optimizer, run record, checkpoints, steps, loop.
+Sections: set-up, checkpoints, run record, loop, end. What the loop changes as it runs is one
+`Progress`; the periodic actions (write a train record, validate, save) are plain functions of
+it and of the fixed parts of the run (`Run`), called from the loop body.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from src.training import interval as accum
 from src.training.kl import kl_weight_from_config
 from src.training.multistep import make_multi_step, steps_until_boundary
-from src.training.setup import setup
-from src.training.state import param_bytes, param_count
+from src.training.setup import Setup, setup
+from src.training.state import TrainState, param_bytes, param_count
 from src.training.step import Objective
 from src.training.validation import evaluate_split
 from src.utils import checkpoint, provenance, run_index
@@ -38,6 +42,59 @@ from src.utils.rundir import RunPaths
 from src.utils.signals import StopRequest
 
 
+class TrainRecord(NamedTuple):
+    """A closed logging interval whose train record is not written yet."""
+
+    step: int
+    sums: dict[str, jax.Array]  # per-metric sums over the interval, on the device
+    steps: int
+    seconds: float
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the loop changes as it runs; everything else is fixed at set-up."""
+
+    step: int  # steps dispatched (the device may still be computing the latest call)
+    state: Any  # the TrainState, in parallel.backend's layout
+    interval: accum.Interval  # the open logging interval
+    best: float | None  # best validation value so far
+    tic: float = 0.0  # perf_counter() when the open interval's timer (re)started
+    last: dict[str, jax.Array] | None = None  # loss and grad_norm of the latest step
+    # The best state validated since the last save, held on the device until the next
+    # model_last save writes it: one model_best save per checkpoint interval at most.
+    pending_best: tuple[int, Any, dict[str, Any]] | None = None
+    # A model_best save not yet known to be on disk (saves are asynchronous): the record claims
+    # it only once it is, so it never names a best checkpoint that a full disk lost.
+    unconfirmed_best: tuple[int, float] | None = None
+    # A divergence without a non-finite step (nan_policy skip: too many skipped steps; a
+    # non-finite validation): the failure, which ends the loop at the next boundary.
+    diverged: dict[str, Any] | None = None
+    # The train record of the latest logging boundary, held back until the next call has been
+    # dispatched, so that the host writes it while the device computes (see end_interval).
+    unlogged: TrainRecord | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of training in the open logging interval so far."""
+        return self.interval.seconds + time.perf_counter() - self.tic
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The fixed parts of a run that the loop's actions use."""
+
+    cfg: Any
+    parts: Setup
+    recorder: Recorder
+    console: Console
+    last_manager: ocp.CheckpointManager
+    best_manager: ocp.CheckpointManager
+
+    def canonical(self, state: Any) -> TrainState:
+        """state in the canonical layout (replicated over the mesh): saved and validated."""
+        return from_backend(state, self.parts.mesh, self.cfg.parallel.backend)
+
+
 def train_and_evaluate(
     cfg: Any, paths: RunPaths, resume: bool, on_start: Callable[[], None] | None = None
 ) -> dict[str, Any]:
@@ -47,55 +104,193 @@ def train_and_evaluate(
     deletes the run an --overwrite replaces there).
     """
     tcfg = cfg.training
-    initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
+    initialize_distributed(
+        cfg.parallel
+    )  # multi-host: before anything touches the devices
     writer = jax.process_index() == 0
 
     # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py).
-    run = setup(cfg)
-    keys, splits, mesh, batches, state = run.keys, run.splits, run.mesh, run.batches, run.state
-    per_epoch, total_steps, schedule = run.steps_per_epoch, run.total_steps, run.schedule
-    batch_size, backend = tcfg.batch_size, cfg.parallel.backend
+    parts = setup(cfg)
+    total_steps = parts.total_steps
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
     last_manager = checkpoint.make_manager(paths.last, cfg.checkpoint.keep_last)
     best_manager = checkpoint.make_manager(paths.best, 1)
-    interval, best_meta = accum.EMPTY, None
+    state, interval, best_meta = parts.state, accum.EMPTY, None
     if resume:
-        restored = checkpoint.restore_newest(
-            last_manager, checkpoint.abstract_like(state, replicated(mesh))
+        state, interval, best_meta = restore_run(
+            cfg, paths, parts, last_manager, best_manager
         )
-        if restored is None:
-            raise RunDirError(
-                f"--resume: run {paths.run_dir.name} has no checkpoint in {paths.last} to "
-                "continue from (it stopped before its first save); start it again with --overwrite"
-            )
-        state, meta = restored
-        interval = accum.from_json(meta.get("train_interval"), replicated(mesh))
-        if int(state.step) > total_steps:
-            raise ConfigError(
-                f"training.epochs={tcfg.epochs} plans {total_steps} steps but run "
-                f"{paths.run_dir.name} has already done {int(state.step)}"
-            )
-        # The best checkpoint on disk is the truth: it may be ahead of the restored step when a
-        # run died between the two saves; a bit-exact replay reaches the same value again.
-        best_meta = checkpoint.latest_meta(best_manager)
 
     # --- Run record (written only once the checkpoints are known to be usable).
+    recorder, console, best = open_record(
+        cfg, paths, parts, state, best_meta, resume, writer
+    )
+    run = Run(cfg, parts, recorder, console, last_manager, best_manager)
+
+    # --- Loop: no host work per step beyond dispatch; results are read at boundaries only.
+    # training.steps_per_call: K steps per call between log/eval/checkpoint boundaries.
+    run_steps = make_multi_step(
+        parts.train_step, tcfg.nan_policy, tcfg.batch_size, parts.mesh
+    )
+    boundaries = (
+        cfg.logging.every_steps,
+        cfg.eval.every_steps,
+        cfg.checkpoint.every_steps,
+    )
+    p = Progress(
+        int(state.step),
+        to_backend(state, parts.mesh, cfg.parallel.backend),
+        interval,
+        best,
+    )
+    profiler = StepProfiler(
+        cfg.profile, paths.log_dir, writer
+    )  # profile.*: a trace of steps
+    if on_start is not None:
+        on_start()
+    recorder.update(status="running")
+    started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
+    p.tic = time.perf_counter()
+    failure: dict[str, Any] | None = None
+    try:
+        with StopRequest() as stop:
+            while p.step < total_steps and stop.signum is None and p.diverged is None:
+                n = tcfg.steps_per_call
+                n = (
+                    n
+                    if steps_until_boundary(p.step, boundaries, total_steps) >= n
+                    else 1
+                )
+                previous = p.last
+                profiler.before(p.step)
+                batch = parts.batches.chunk(p.step, n)
+                p.state, sums, p.last = run_steps(
+                    p.state, p.interval.sums, p.last, batch, parts.keys["train"], p.step
+                )
+                write_held_back(run, p)  # while the device computes
+                p.interval = accum.Interval(
+                    sums, p.interval.steps + n, p.interval.seconds
+                )
+                p.step += n
+                profiler.after(p.step, p.last)
+                # The host may run one call ahead of the device, not more: bounded memory,
+                # and the device never waits for the host.
+                jax.block_until_ready(previous)
+                if (
+                    not any(p.step % e == 0 for e in boundaries)
+                    and p.step != total_steps
+                ):
+                    continue
+                checkpoint.poll(last_manager)  # checksums of saves finished meanwhile
+                checkpoint.poll(best_manager)
+                failure = check_stop(run, p)
+                if failure is not None:
+                    break
+                evaluate = due(cfg.eval.every_steps, p.step, total_steps)
+                save = due(cfg.checkpoint.every_steps, p.step, total_steps)
+                if due(cfg.logging.every_steps, p.step, total_steps):
+                    end_interval(run, p, write_now=evaluate or save)
+                if evaluate:
+                    untimed(run, p, validate)
+                if save:
+                    untimed(run, p, save_last)
+
+            # --- End: stopped by a signal, a failure or a divergence, or completed.
+            write_held_back(
+                run, p
+            )  # stopped by a signal right after a logging boundary
+            if failure is None:  # stopped by a signal between boundaries, or diverged
+                failure = check_stop(run, p) or p.diverged
+            if stop.signum is not None or failure is not None:
+                save_last(run, p)
+            checkpoint.wait(last_manager)
+            checkpoint.wait(best_manager)
+            confirm_best(run, p)
+        if failure is not None:
+            recorder.update(status="failed", stopped_at_step=p.step, failure=failure)
+        elif stop.signum is not None and p.step < total_steps:
+            recorder.update(
+                status="interrupted", stopped_at_step=p.step, signal=stop.name
+            )
+        else:
+            recorder.update(status="completed")
+    except BaseException as e:
+        record_error(run, p, e)
+        raise
+    finally:
+        try:
+            run_index.record_end(paths.run_dir, recorder.data, started_at, write=writer)
+            parts.batches.close()
+            recorder.close()
+            profiler.close(p.last)
+        finally:
+            checkpoint.close(last_manager)
+            checkpoint.close(best_manager)
+    return recorder.data
+
+
+# --- Set-up of the checkpoints and the run record.
+
+
+def restore_run(
+    cfg: Any,
+    paths: RunPaths,
+    parts: Setup,
+    last_manager: ocp.CheckpointManager,
+    best_manager: ocp.CheckpointManager,
+) -> tuple[TrainState, accum.Interval, dict[str, Any] | None]:
+    """--resume: the newest model_last state that reads back, its open logging interval, and
+    the meta of model_best (None without one)."""
+    sharding = replicated(parts.mesh)
+    restored = checkpoint.restore_newest(
+        last_manager, checkpoint.abstract_like(parts.state, sharding)
+    )
+    if restored is None:
+        raise RunDirError(
+            f"--resume: run {paths.run_dir.name} has no checkpoint in {paths.last} to "
+            "continue from (it stopped before its first save); start it again with --overwrite"
+        )
+    state, meta = restored
+    if int(state.step) > parts.total_steps:
+        raise ConfigError(
+            f"training.epochs={cfg.training.epochs} plans {parts.total_steps} steps but run "
+            f"{paths.run_dir.name} has already done {int(state.step)}"
+        )
+    interval = accum.from_json(meta.get("train_interval"), sharding)
+    # The best checkpoint on disk is the truth: it may be ahead of the restored step when a
+    # run died between the two saves; a bit-exact replay reaches the same value again.
+    return state, interval, checkpoint.latest_meta(best_manager)
+
+
+def open_record(
+    cfg: Any,
+    paths: RunPaths,
+    parts: Setup,
+    state: TrainState,
+    best_meta: dict[str, Any] | None,
+    resume: bool,
+    writer: bool,
+) -> tuple[Recorder, Console, float | None]:
+    """Opens the run record at state.step: metrics.json and TensorBoard (a resumed history is cut
+    back to that step), config.yaml, provenance.json, and the console's header and parameter
+    table. Returns the recorder, the console and the best validation value so far."""
+    tcfg, first = cfg.training, int(state.step)
     header = {
         "run_id": paths.run_dir.name,
         "experiment": cfg.experiment.name,
         "config_hash": config_hash(cfg),
         "param_count": param_count(state.params),
         "model_bytes": param_bytes(state.params),
-        "total_steps": total_steps,
+        "total_steps": parts.total_steps,
         "train_bound": Objective.from_config(tcfg).describe(),
     }
     console = Console(
         cfg.logging.console and writer,
-        total_steps=total_steps,
-        steps_per_epoch=per_epoch,
+        total_steps=parts.total_steps,
+        steps_per_epoch=parts.steps_per_epoch,
         epochs=tcfg.epochs,
-        start_step=int(state.step),
+        start_step=first,
     )
     recorder = Recorder(
         paths.metrics,
@@ -107,7 +302,7 @@ def train_and_evaluate(
         resume=resume,
         write_every_secs=cfg.logging.record_every_secs,
     )
-    recorder.truncate(int(state.step))
+    recorder.truncate(first)
     recorder.update(best=None, skipped_steps=total_skipped(recorder.data["history"]))
     best = None
     if best_meta is not None:
@@ -117,255 +312,212 @@ def train_and_evaluate(
         if resume:
             prov = read_json(paths.provenance)
             prov.setdefault("resumes", []).append(
-                provenance.collect(tcfg.seed, {"from_step": int(state.step)})
+                provenance.collect(tcfg.seed, {"from_step": first})
             )
         else:
-            data_info = {**splits.info, "on_device": batches.on_device}
+            data_info = {**parts.splits.info, "on_device": parts.batches.on_device}
             prov = provenance.collect(tcfg.seed, {"data": data_info})
         # On resume this records a changed training.epochs; otherwise it is the same text.
         save_config(cfg, paths.config)
         atomic_write_json(paths.provenance, prov)
-    recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
+    recorder.tensorboard(
+        0, "model", {k: header[k] for k in ("param_count", "model_bytes")}
+    )
     # The header, and the parameter table (also in <log_dir>/params.txt); the fields that
     # seldom change are shown here and on a line only when they do.
-    first = int(state.step)
     shown = {"kl_weight": float(kl_weight_from_config(tcfg.kl, first))}
-    shown |= {"lr": float(schedule(first)), "skipped_steps": recorder.data["skipped_steps"]}
+    shown |= {
+        "lr": float(parts.schedule(first)),
+        "skipped_steps": recorder.data["skipped_steps"],
+    }
     start_console(
         console,
         cfg,
         paths,
-        list(mesh.devices.flat),
-        splits.info,
+        list(parts.mesh.devices.flat),
+        parts.splits.info,
         header,
         state.params,
         shown=shown,
         write=writer,
     )
+    return recorder, console, best
 
-    # --- Steps.
-    train_step, eval_step = run.train_step, run.eval_step
-    # training.steps_per_call: K steps per dispatch between log/eval/checkpoint boundaries.
-    k = tcfg.steps_per_call
-    run_steps = make_multi_step(train_step, tcfg.nan_policy, batch_size, mesh)
-    boundaries = (cfg.logging.every_steps, cfg.eval.every_steps, cfg.checkpoint.every_steps)
 
-    pending_best: tuple[int, Any, dict[str, Any]] | None = None
-    # A run that diverged without a non-finite step (nan_policy skip: too many skipped steps;
-    # a non-finite validation): the failure, which ends the loop at the next boundary.
-    diverged: dict[str, Any] | None = None
+# --- The loop's actions.
 
-    def validate(step: int) -> None:
-        nonlocal best, pending_best, diverged
-        canonical = from_backend(state, mesh, backend)
-        metrics = evaluate_split(
-            eval_step,
-            canonical.params,
-            splits.val,
-            cfg.eval.batch_size,
-            keys["eval"],
-            cfg.eval.active_threshold,
-            split_on_devices(mesh),
-        )
-        recorder.log(step, "val", metrics)
-        value = metrics[cfg.checkpoint.best_metric]
-        bad = [k for k in dict.fromkeys(("elbo", cfg.checkpoint.best_metric)) if k in metrics]
-        bad = [k for k in bad if not np.isfinite(metrics[k])]
-        if bad and diverged is None:
-            diverged = {"step": step, "reason": "non-finite validation " + " and ".join(bad)}
-        if is_better(value, best, cfg.checkpoint.best_mode):
-            best = value
-            # Held on the device until the next model_last save writes it: one save per
-            # checkpoint interval at most, however often validation improves. (A copy: the
-            # next step donates the state.)
-            pending_best = (step, copy_tree(canonical), metrics)
 
-    # A model_best save not yet known to be on disk (saves are asynchronous): the record claims
-    # it only once it is, so it never names a best checkpoint that a full disk lost.
-    unconfirmed_best: tuple[int, float] | None = None
+def due(every: int, step: int, total_steps: int) -> bool:
+    """Whether an action done every `every` steps (and at the end) falls on step."""
+    return step % every == 0 or step == total_steps
 
-    def confirm_best() -> None:
-        nonlocal unconfirmed_best
-        if unconfirmed_best is not None:
-            checkpoint.wait(best_manager)
-            recorder.set_best(unconfirmed_best[0], cfg.checkpoint.best_metric, unconfirmed_best[1])
-            unconfirmed_best = None
 
-    def save_best() -> None:
-        """Writes the best state validated since the last save to model_best."""
-        nonlocal pending_best, unconfirmed_best
-        if pending_best is None:
-            return
-        step, best_state, metrics = pending_best
-        confirm_best()  # the save below would wait for the previous one anyway
-        if step in best_manager.all_steps():  # left by a run that died ahead of its model_last
-            best_manager.delete(step)
-        checkpoint.save(best_manager, step, best_state, {"step": step, "val": metrics})
-        unconfirmed_best = (step, metrics[cfg.checkpoint.best_metric])
-        pending_best = None
+def end_interval(run: Run, p: Progress, write_now: bool) -> None:
+    """Closes the logging interval at p.step. Its train record is held back (p.unlogged) and
+    written after the next call is dispatched, or now where a validation, a save or the end
+    follows, which must come after it."""
+    sums = p.interval.sums
+    assert sums is not None  # a step has run
+    jax.block_until_ready(sums)  # the interval's time ends with its last step
+    p.unlogged = TrainRecord(p.step, sums, p.interval.steps, p.elapsed())
+    run.console.interval_end()
+    # The next interval's time starts here: it includes this logging, not validation or
+    # checkpoint saves.
+    p.tic = time.perf_counter()
+    p.interval = accum.EMPTY
+    if write_now:
+        write_held_back(run, p)
 
-    def save_last(step: int) -> None:
-        """model_best if it changed, then model_last at step with the open logging interval
-        (unless that step is saved already)."""
-        save_best()
-        recorder.save()  # metrics.json is never older than model_last (a resume relies on it)
-        if last_manager.latest_step() != step:
-            meta = {"step": step, "train_interval": accum.to_json(interval, elapsed())}
-            checkpoint.save(last_manager, step, from_backend(state, mesh, backend), meta)
 
-    def elapsed() -> float:
-        return interval.seconds + time.perf_counter() - tic
+def write_held_back(run: Run, p: Progress) -> None:
+    """Writes the held-back train record, if any."""
+    if p.unlogged is not None:
+        write_train_record(run, p, p.unlogged)
+        p.unlogged = None
 
-    # --- Loop: no host work per step beyond dispatch; results are read at boundaries only.
-    step = int(state.step)
-    state = to_backend(state, mesh, backend)
-    last: dict[str, jax.Array] | None = None  # loss and grad_norm of the latest step
 
-    def check_stop() -> dict[str, Any] | None:
-        """nan_policy stop: the failure, if a step since the last check was non-finite.
+def write_train_record(run: Run, p: Progress, record: TrainRecord) -> None:
+    """Writes a train record (metrics.json, TensorBoard, console). nan_policy skip: more than
+    training.max_skipped_fraction of the steps so far skipped is a divergence, not noise.
+    """
+    tcfg = run.cfg.training
+    means = accum.means(jax.device_get(record.sums), record.steps)
+    means["lr"] = float(run.parts.schedule(record.step - 1))
+    means["examples_per_sec"] = record.steps * tcfg.batch_size / record.seconds
+    run.recorder.log(record.step, "train", {k: _scalar(v) for k, v in means.items()})
+    skipped = run.recorder.data["skipped_steps"] + means["skipped_steps"]
+    run.recorder.update(skipped_steps=skipped)
+    if skipped > tcfg.max_skipped_fraction * record.step and p.diverged is None:
+        p.diverged = {
+            "step": record.step,
+            "reason": f"{skipped} of {record.step} steps skipped (non-finite), more than "
+            f"training.max_skipped_fraction={tcfg.max_skipped_fraction}",
+        }
 
-        Such a step left state.step behind and made the later steps no-ops (multistep.py);
-        rewinds `step` and the interval to the last good step. Waits for the steps to finish.
-        """
-        nonlocal step, interval
-        if tcfg.nan_policy != "stop":
-            return None
-        applied = applied_steps(state)
-        if applied == step:
-            return None
-        interval = interval._replace(steps=interval.steps - (step - applied))
-        step = applied
-        assert last is not None  # a step has run
-        return nonfinite_failure(step + 1, last)
 
-    profiler = StepProfiler(cfg.profile, paths.log_dir, writer)  # profile.*: a trace of steps
-    if on_start is not None:
-        on_start()
-    recorder.update(status="running")
-    started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
-    tic = time.perf_counter()
+def validate(run: Run, p: Progress) -> None:
+    """Validates p.state on the val split, records it, and holds an improved state for
+    model_best; a non-finite validation is a divergence."""
+    cfg, parts = run.cfg, run.parts
+    canonical = run.canonical(p.state)
+    metrics = evaluate_split(
+        parts.eval_step,
+        canonical.params,
+        parts.splits.val,
+        cfg.eval.batch_size,
+        parts.keys["eval"],
+        cfg.eval.active_threshold,
+        split_on_devices(parts.mesh),
+    )
+    run.recorder.log(p.step, "val", metrics)
+    value = metrics[cfg.checkpoint.best_metric]
+    bad = [
+        k for k in dict.fromkeys(("elbo", cfg.checkpoint.best_metric)) if k in metrics
+    ]
+    bad = [k for k in bad if not np.isfinite(metrics[k])]
+    if bad and p.diverged is None:
+        p.diverged = {
+            "step": p.step,
+            "reason": "non-finite validation " + " and ".join(bad),
+        }
+    if is_better(value, p.best, cfg.checkpoint.best_mode):
+        p.best = value
+        p.pending_best = (
+            p.step,
+            copy_tree(canonical),
+            metrics,
+        )  # the next step donates state
 
-    def untimed(task: Callable[[int], None], step: int) -> None:
-        """Runs task(step) without counting its time in the interval's examples_per_sec."""
-        nonlocal tic
-        started = time.perf_counter()
-        with console.untimed():  # nor its compilation in the console's
-            task(step)
-        tic += time.perf_counter() - started
 
-    def log_train(step: int, sums: dict[str, jax.Array], steps: int, seconds: float) -> None:
-        means = accum.means(jax.device_get(sums), steps)
-        means["lr"] = float(schedule(step - 1))
-        means["examples_per_sec"] = steps * batch_size / seconds
-        recorder.log(step, "train", {k: _scalar(v) for k, v in means.items()})
-        recorder.update(skipped_steps=recorder.data["skipped_steps"] + means["skipped_steps"])
-        check_skipped(step)
+def save_last(run: Run, p: Progress) -> None:
+    """model_best if a better state was validated, metrics.json, then model_last at p.step with
+    the open logging interval (unless that step is saved already)."""
+    save_best(run, p)
+    run.recorder.save()  # metrics.json is never older than model_last (a resume relies on it)
+    if run.last_manager.latest_step() != p.step:
+        meta = {
+            "step": p.step,
+            "train_interval": accum.to_json(p.interval, p.elapsed()),
+        }
+        checkpoint.save(run.last_manager, p.step, run.canonical(p.state), meta)
 
-    def check_skipped(step: int) -> None:
-        """nan_policy skip: more than training.max_skipped_fraction of the steps so far skipped
-        is a divergence, not noise."""
-        nonlocal diverged
-        skipped = recorder.data["skipped_steps"]
-        if skipped > tcfg.max_skipped_fraction * step and diverged is None:
-            diverged = {
-                "step": step,
-                "reason": f"{skipped} of {step} steps skipped (non-finite), more than "
-                f"training.max_skipped_fraction={tcfg.max_skipped_fraction}",
-            }
 
-    # A train record is written (metrics.json, TensorBoard, console) after the next call has
-    # been dispatched, so that the device computes meanwhile; at once where a validation, a
-    # save or the end follows, which must come after it.
-    unlogged: tuple[int, dict[str, jax.Array], int, float] | None = None
-    failure: dict[str, Any] | None = None
-    try:
-        with StopRequest() as stop:
-            while step < total_steps and stop.signum is None and diverged is None:
-                n = k if steps_until_boundary(step, boundaries, total_steps) >= k else 1
-                previous = last
-                profiler.before(step)
-                state, sums, last = run_steps(
-                    state, interval.sums, last, batches.chunk(step, n), keys["train"], step
-                )
-                if unlogged is not None:
-                    log_train(*unlogged)
-                    unlogged = None
-                interval = accum.Interval(sums, interval.steps + n, interval.seconds)
-                step += n
-                profiler.after(step, last)
-                # The host may run one call ahead of the device, not more: bounded memory,
-                # and the device never waits for the host.
-                jax.block_until_ready(previous)
-                if not any(step % e == 0 for e in boundaries) and step != total_steps:
-                    continue
-                checkpoint.poll(last_manager)  # checksums of saves finished meanwhile
-                checkpoint.poll(best_manager)
-                failure = check_stop()
-                if failure is not None:
-                    break
-                evaluate = step % cfg.eval.every_steps == 0 or step == total_steps
-                save = step % cfg.checkpoint.every_steps == 0 or step == total_steps
-                if step % cfg.logging.every_steps == 0 or step == total_steps:
-                    jax.block_until_ready(sums)  # the interval's time ends with its last step
-                    unlogged = (step, sums, interval.steps, elapsed())
-                    console.interval_end()
-                    # The next interval's time starts here: it includes this logging, not
-                    # validation or checkpoint saves.
-                    tic = time.perf_counter()
-                    interval = accum.EMPTY
-                    if evaluate or save:
-                        log_train(*unlogged)
-                        unlogged = None
-                if evaluate:
-                    untimed(validate, step)
-                if save:
-                    untimed(save_last, step)
-            if unlogged is not None:  # stopped by a signal right after a logging boundary
-                log_train(*unlogged)
-            if failure is None:  # stopped by a signal between boundaries, or diverged
-                failure = check_stop() or diverged
-            if stop.signum is not None or failure is not None:
-                save_last(step)
-            checkpoint.wait(last_manager)
-            checkpoint.wait(best_manager)
-            confirm_best()
-        if failure is not None:
-            recorder.update(status="failed", stopped_at_step=step, failure=failure)
-        elif stop.signum is not None and step < total_steps:
-            recorder.update(status="interrupted", stopped_at_step=step, signal=stop.name)
-        else:
-            recorder.update(status="completed")
-    except BaseException as e:
-        # Wait for saves already started, but a failing disk must not hide the original error.
-        for manager in (last_manager, best_manager):
-            try:
-                checkpoint.wait(manager)
-            except Exception as wait_error:  # reported with the original error below
-                e.add_note(f"while waiting for checkpoints: {wait_error}")
-        if unlogged is not None:  # the record of the last logging boundary, best effort
-            try:
-                log_train(*unlogged)
-            except Exception as log_error:
-                e.add_note(f"while writing the last train record: {log_error}")
-        recorder.update(status="failed", stopped_at_step=step, error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
+def save_best(run: Run, p: Progress) -> None:
+    """Starts saving the best state validated since the last save to model_best."""
+    if p.pending_best is None:
+        return
+    step, best_state, metrics = p.pending_best
+    confirm_best(run, p)  # the save below would wait for the previous one anyway
+    if (
+        step in run.best_manager.all_steps()
+    ):  # left by a run that died ahead of its model_last
+        run.best_manager.delete(step)
+    checkpoint.save(run.best_manager, step, best_state, {"step": step, "val": metrics})
+    p.unconfirmed_best = (step, metrics[run.cfg.checkpoint.best_metric])
+    p.pending_best = None
+
+
+def confirm_best(run: Run, p: Progress) -> None:
+    """Waits for the model_best save in flight, then names it as the best in the record."""
+    if p.unconfirmed_best is not None:
+        checkpoint.wait(run.best_manager)
+        step, value = p.unconfirmed_best
+        run.recorder.set_best(step, run.cfg.checkpoint.best_metric, value)
+        p.unconfirmed_best = None
+
+
+def check_stop(run: Run, p: Progress) -> dict[str, Any] | None:
+    """nan_policy stop: the failure, if a step since the last check was non-finite.
+
+    Such a step left state.step behind and made the later steps no-ops (multistep.py); rewinds
+    p.step and the interval to the last good step. Waits for the steps to finish.
+    """
+    if run.cfg.training.nan_policy != "stop":
+        return None
+    applied = applied_steps(p.state)
+    if applied == p.step:
+        return None
+    p.interval = p.interval._replace(steps=p.interval.steps - (p.step - applied))
+    p.step = applied
+    assert p.last is not None  # a step has run
+    return nonfinite_failure(p.step + 1, p.last)
+
+
+def untimed(run: Run, p: Progress, action: Callable[[Run, Progress], None]) -> None:
+    """Runs action without counting its time in the interval's examples_per_sec."""
+    started = time.perf_counter()
+    with run.console.untimed():  # nor its compilation in the console's
+        action(run, p)
+    p.tic += time.perf_counter() - started
+
+
+def record_error(run: Run, p: Progress, e: BaseException) -> None:
+    """Records the exception e that ends the run as its failure. Waits for the saves already
+    started and writes the held-back train record, best effort: a failing disk must not hide
+    the original error."""
+    for manager in (run.last_manager, run.best_manager):
         try:
-            run_index.record_end(paths.run_dir, recorder.data, started_at, write=writer)
-            batches.close()
-            recorder.close()
-            profiler.close(last)
-        finally:
-            checkpoint.close(last_manager)
-            checkpoint.close(best_manager)
-    return recorder.data
+            checkpoint.wait(manager)
+        except Exception as wait_error:  # reported with the original error
+            e.add_note(f"while waiting for checkpoints: {wait_error}")
+    if p.unlogged is not None:  # the record of the last logging boundary
+        try:
+            write_train_record(run, p, p.unlogged)
+        except Exception as log_error:
+            e.add_note(f"while writing the last train record: {log_error}")
+    run.recorder.update(
+        status="failed", stopped_at_step=p.step, error=f"{type(e).__name__}: {e}"
+    )
+
+
+# --- Helpers.
 
 
 @jax.jit
 def copy_tree(tree: Any) -> Any:
     """tree's arrays in new buffers, which donating the originals leaves intact (a jitted
-    call's outputs never share its non-donated inputs' buffers). One dispatch: 0.3 ms for the
-    baseline's state, where one eager jnp.copy per array took 3 to 5 ms."""
+    call's outputs never share its non-donated inputs' buffers); one dispatch for the tree.
+    """
     return jax.tree.map(jnp.copy, tree)
 
 
