@@ -104,9 +104,7 @@ def train_and_evaluate(
     deletes the run an --overwrite replaces there).
     """
     tcfg = cfg.training
-    initialize_distributed(
-        cfg.parallel
-    )  # multi-host: before anything touches the devices
+    initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
     writer = jax.process_index() == 0
 
     # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py).
@@ -118,35 +116,20 @@ def train_and_evaluate(
     best_manager = checkpoint.make_manager(paths.best, 1)
     state, interval, best_meta = parts.state, accum.EMPTY, None
     if resume:
-        state, interval, best_meta = restore_run(
-            cfg, paths, parts, last_manager, best_manager
-        )
+        state, interval, best_meta = restore_run(cfg, paths, parts, last_manager, best_manager)
 
     # --- Run record (written only once the checkpoints are known to be usable).
-    recorder, console, best = open_record(
-        cfg, paths, parts, state, best_meta, resume, writer
-    )
+    recorder, console, best = open_record(cfg, paths, parts, state, best_meta, resume, writer)
     run = Run(cfg, parts, recorder, console, last_manager, best_manager)
 
     # --- Loop: no host work per step beyond dispatch; results are read at boundaries only.
     # training.steps_per_call: K steps per call between log/eval/checkpoint boundaries.
-    run_steps = make_multi_step(
-        parts.train_step, tcfg.nan_policy, tcfg.batch_size, parts.mesh
-    )
-    boundaries = (
-        cfg.logging.every_steps,
-        cfg.eval.every_steps,
-        cfg.checkpoint.every_steps,
-    )
+    run_steps = make_multi_step(parts.train_step, tcfg.nan_policy, tcfg.batch_size, parts.mesh)
+    boundaries = (cfg.logging.every_steps, cfg.eval.every_steps, cfg.checkpoint.every_steps)
     p = Progress(
-        int(state.step),
-        to_backend(state, parts.mesh, cfg.parallel.backend),
-        interval,
-        best,
+        int(state.step), to_backend(state, parts.mesh, cfg.parallel.backend), interval, best
     )
-    profiler = StepProfiler(
-        cfg.profile, paths.log_dir, writer
-    )  # profile.*: a trace of steps
+    profiler = StepProfiler(cfg.profile, paths.log_dir, writer)  # profile.*: a trace of steps
     if on_start is not None:
         on_start()
     recorder.update(status="running")
@@ -157,11 +140,7 @@ def train_and_evaluate(
         with StopRequest() as stop:
             while p.step < total_steps and stop.signum is None and p.diverged is None:
                 n = tcfg.steps_per_call
-                n = (
-                    n
-                    if steps_until_boundary(p.step, boundaries, total_steps) >= n
-                    else 1
-                )
+                n = n if steps_until_boundary(p.step, boundaries, total_steps) >= n else 1
                 previous = p.last
                 profiler.before(p.step)
                 batch = parts.batches.chunk(p.step, n)
@@ -169,18 +148,13 @@ def train_and_evaluate(
                     p.state, p.interval.sums, p.last, batch, parts.keys["train"], p.step
                 )
                 write_held_back(run, p)  # while the device computes
-                p.interval = accum.Interval(
-                    sums, p.interval.steps + n, p.interval.seconds
-                )
+                p.interval = accum.Interval(sums, p.interval.steps + n, p.interval.seconds)
                 p.step += n
                 profiler.after(p.step, p.last)
                 # The host may run one call ahead of the device, not more: bounded memory,
                 # and the device never waits for the host.
                 jax.block_until_ready(previous)
-                if (
-                    not any(p.step % e == 0 for e in boundaries)
-                    and p.step != total_steps
-                ):
+                if not any(p.step % e == 0 for e in boundaries) and p.step != total_steps:
                     continue
                 checkpoint.poll(last_manager)  # checksums of saves finished meanwhile
                 checkpoint.poll(best_manager)
@@ -197,9 +171,7 @@ def train_and_evaluate(
                     untimed(run, p, save_last)
 
             # --- End: stopped by a signal, a failure or a divergence, or completed.
-            write_held_back(
-                run, p
-            )  # stopped by a signal right after a logging boundary
+            write_held_back(run, p)  # stopped by a signal right after a logging boundary
             if failure is None:  # stopped by a signal between boundaries, or diverged
                 failure = check_stop(run, p) or p.diverged
             if stop.signum is not None or failure is not None:
@@ -210,9 +182,7 @@ def train_and_evaluate(
         if failure is not None:
             recorder.update(status="failed", stopped_at_step=p.step, failure=failure)
         elif stop.signum is not None and p.step < total_steps:
-            recorder.update(
-                status="interrupted", stopped_at_step=p.step, signal=stop.name
-            )
+            recorder.update(status="interrupted", stopped_at_step=p.step, signal=stop.name)
         else:
             recorder.update(status="completed")
     except BaseException as e:
@@ -320,16 +290,11 @@ def open_record(
         # On resume this records a changed training.epochs; otherwise it is the same text.
         save_config(cfg, paths.config)
         atomic_write_json(paths.provenance, prov)
-    recorder.tensorboard(
-        0, "model", {k: header[k] for k in ("param_count", "model_bytes")}
-    )
+    recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
     # The header, and the parameter table (also in <log_dir>/params.txt); the fields that
     # seldom change are shown here and on a line only when they do.
     shown = {"kl_weight": float(kl_weight_from_config(tcfg.kl, first))}
-    shown |= {
-        "lr": float(parts.schedule(first)),
-        "skipped_steps": recorder.data["skipped_steps"],
-    }
+    shown |= {"lr": float(parts.schedule(first)), "skipped_steps": recorder.data["skipped_steps"]}
     start_console(
         console,
         cfg,
@@ -411,22 +376,13 @@ def validate(run: Run, p: Progress) -> None:
     )
     run.recorder.log(p.step, "val", metrics)
     value = metrics[cfg.checkpoint.best_metric]
-    bad = [
-        k for k in dict.fromkeys(("elbo", cfg.checkpoint.best_metric)) if k in metrics
-    ]
+    bad = [k for k in dict.fromkeys(("elbo", cfg.checkpoint.best_metric)) if k in metrics]
     bad = [k for k in bad if not np.isfinite(metrics[k])]
     if bad and p.diverged is None:
-        p.diverged = {
-            "step": p.step,
-            "reason": "non-finite validation " + " and ".join(bad),
-        }
+        p.diverged = {"step": p.step, "reason": "non-finite validation " + " and ".join(bad)}
     if is_better(value, p.best, cfg.checkpoint.best_mode):
         p.best = value
-        p.pending_best = (
-            p.step,
-            copy_tree(canonical),
-            metrics,
-        )  # the next step donates state
+        p.pending_best = (p.step, copy_tree(canonical), metrics)  # the next step donates state
 
 
 def save_last(run: Run, p: Progress) -> None:
@@ -435,10 +391,7 @@ def save_last(run: Run, p: Progress) -> None:
     save_best(run, p)
     run.recorder.save()  # metrics.json is never older than model_last (a resume relies on it)
     if run.last_manager.latest_step() != p.step:
-        meta = {
-            "step": p.step,
-            "train_interval": accum.to_json(p.interval, p.elapsed()),
-        }
+        meta = {"step": p.step, "train_interval": accum.to_json(p.interval, p.elapsed())}
         checkpoint.save(run.last_manager, p.step, run.canonical(p.state), meta)
 
 
@@ -448,9 +401,7 @@ def save_best(run: Run, p: Progress) -> None:
         return
     step, best_state, metrics = p.pending_best
     confirm_best(run, p)  # the save below would wait for the previous one anyway
-    if (
-        step in run.best_manager.all_steps()
-    ):  # left by a run that died ahead of its model_last
+    if step in run.best_manager.all_steps():  # left by a run that died ahead of its model_last
         run.best_manager.delete(step)
     checkpoint.save(run.best_manager, step, best_state, {"step": step, "val": metrics})
     p.unconfirmed_best = (step, metrics[run.cfg.checkpoint.best_metric])
@@ -505,9 +456,7 @@ def record_error(run: Run, p: Progress, e: BaseException) -> None:
             write_train_record(run, p, p.unlogged)
         except Exception as log_error:
             e.add_note(f"while writing the last train record: {log_error}")
-    run.recorder.update(
-        status="failed", stopped_at_step=p.step, error=f"{type(e).__name__}: {e}"
-    )
+    run.recorder.update(status="failed", stopped_at_step=p.step, error=f"{type(e).__name__}: {e}")
 
 
 # --- Helpers.
