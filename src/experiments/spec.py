@@ -8,6 +8,10 @@ resumable.
 Trials = grid points x random samples x seeds, where an absent part contributes one empty
 point. With `combine: product` the grid is the Cartesian product of its lists; with `zip`
 the i-th values of every list form the i-th point.
+
+Hand-written rather than a sweep library (wandb/optuna sweeps, hydra's multirun): trials are
+plain train.py runs with deterministic ids, validated against the same default.yaml schema as
+a run's config, with no service or launcher to run.
 """
 
 from __future__ import annotations

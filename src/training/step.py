@@ -170,6 +170,10 @@ def guard_nonfinite(
     number, the later steps of the run are no-ops (src/training/multistep.py) until the loop
     sees the lag at its next boundary and stops.
     Adds metrics["nonfinite"] (float32 0 or 1). A finite step returns new unchanged.
+
+    Not optax.apply_if_finite: it checks the gradients only (not the loss), adds counters to
+    the optimizer state (a different checkpoint structure: saved runs would not restore), and
+    cannot hold the step counter back for nan_policy stop.
     """
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
 

@@ -4,6 +4,9 @@ Exit statuses: 0 done; 1 a bug (traceback); 2 a mistake in the input (USER_ERROR
 3 training stopped on a non-finite loss or gradient (NONFINITE_STATUS); 4 a checkpoint or record
 file could not be written or read (StorageError); 128 + signal number when SIGINT (130) or
 SIGTERM (143) interrupted a run after saving it.
+
+argparse, not absl flags with ml_collections' config_flags: those override a Python config
+file, while ours are YAML files composed and validated by src/utils/config.py.
 """
 
 from __future__ import annotations

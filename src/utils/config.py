@@ -4,6 +4,10 @@ Composition order (later wins): configs/default.yaml, the group files an experim
 names under `defaults:` (e.g. configs/model/mlp.yaml), the experiment file itself,
 then command-line overrides `training.lr=3e-4`. default.yaml is the schema: every
 other source may only set keys that exist there, with a value of the same type.
+
+Hand-written rather than pydantic, jsonschema or absl's config_flags: those need the schema
+stated a second time (classes, a JSON schema, a Python config file), while here the YAML file
+that holds the defaults is the schema, and errors name the key, the file and what is accepted.
 """
 
 from __future__ import annotations

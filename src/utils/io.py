@@ -1,5 +1,9 @@
 """Atomic file writes (a reader sees either the old complete file or the new one) and console
-streams that never raise."""
+streams that never raise.
+
+Hand-written: a temporary file in the same folder, fsync and os.replace is all an atomic write
+takes; no dependency does it with less.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """The run's metric record: metrics.json (atomic), TensorBoard and the console.
 
 metrics.json holds the whole history, so rewriting it for every record would cost O(records)
-each time, O(records^2) over a run, plus an fsync per write: at 100k baseline steps, one write
-per validation (every 100 steps) would add about a quarter to the training time (more than
-half with json.dumps(indent=2)). Records are therefore written at most every
-`write_every_secs` seconds, and the loop forces a write (save()) before every model_last save
-and at the end. So the file is never older than the newest checkpoint, which is what a
+each time, O(records^2) over a run, plus an fsync per write. Records are therefore written at
+most every `write_every_secs` seconds, and the loop forces a write (save()) before every
+model_last save and at the end. So the file is never older than the newest checkpoint, which is what a
 resumed run relies on: it keeps the records up to that checkpoint's step and replays the
 rest. TensorBoard and the console get every record at once.
 
@@ -14,10 +12,14 @@ Recorder deletes the run's event files and writes the kept history again (trunca
 kill loses the events not yet flushed and the resumed run replays those after its checkpoint.
 
 The file is indented JSON with one history record per line: readable, and written by json's
-C encoder (json.dumps with indent runs the pure-Python one: about 2x slower). Each record is
-encoded once, when it is logged, and the lines are kept: a write joins them instead of encoding
-the whole history again: one write at 30,000 baseline steps, 43 ms -> 8 ms
-(docs/benchmarks/micro/metrics_write.py).
+C encoder (json.dumps with indent runs the pure-Python one). Each record is encoded once, when
+it is logged, and the lines are kept: a write joins them instead of encoding the whole history
+again, so a write in a long run costs little more than the file's bytes.
+
+Hand-written rather than a metrics library (clu.metric_writers, tensorboardX's SummaryWriter):
+those write events only; the record here is also the resumable metrics.json, whose history is
+cut back to a checkpoint's step on resume and replayed into TensorBoard exactly once.
+Measurements behind these choices: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class Recorder:
         self.tb = None
         self.tb_rebuild = False  # truncate() writes the kept history to TensorBoard again
         if tensorboard and write:
-            from tensorboardX import FileWriter  # imported only when used: 0.14 s
+            from tensorboardX import FileWriter  # imported only when used
 
             if resume:
                 for old in Path(log_dir).glob("events.out.tfevents.*"):
@@ -151,10 +153,9 @@ class Recorder:
         """Writes values as one TensorBoard event: `prefix/key` scalars; a vector key gets a
         histogram and one `prefix/key/index` scalar per entry.
 
-        One event per record, not one per value, and len(vector) equal-width histogram bins
-        instead of tensorboardX's ~1500 exponential ones: a train record with 16 latent
-        dimensions took 5.2 ms through SummaryWriter.add_scalar/add_histogram, 0.7 ms here
-        (docs/benchmarks/micro/tensorboard_record.py).
+        Hand-built Summary protos because SummaryWriter.add_scalar/add_histogram write one
+        event per value and ~1500 exponential histogram bins: here one event per record and
+        len(vector) equal-width bins, several times less host time per record.
         """
         if self.tb is None:
             return
