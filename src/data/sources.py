@@ -34,7 +34,7 @@ def load_digits_images(cfg: Any) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 images, integer levels 0..16), scaled to [0, 1].
 
     Reads the CSV that ships inside scikit-learn, as sklearn.datasets.load_digits does, without
-    importing sklearn.datasets: that import alone takes 1 to 2 s of every run's start.
+    importing sklearn.datasets, whose import is a large part of a short run's start-up.
     """
     spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
     origin = spec.origin if spec else None

@@ -74,7 +74,7 @@ def make_multi_step(
             if stop:
                 # An earlier step was non-finite (any(): a pmap-stacked state has one step
                 # counter per device). Selected with where, not lax.cond: XLA on CPU runs
-                # convolutions inside a conditional's branch about 4x slower.
+                # convolutions inside a conditional's branch several times slower.
                 halted = jnp.any(state.step != first + i)
                 new, seen = jax.tree.map(
                     lambda o, n: jnp.where(halted, o, n), (state, last), (new, seen)
@@ -83,7 +83,7 @@ def make_multi_step(
             added = jax.tree.map(lambda s, m: jnp.where(bad, s, s + m), sums, metrics)
             return (new, added, seen), None
 
-        if xs.shape[0] == 1:  # no scan: XLA on CPU runs convolutions in a loop body 3-4x slower
+        if xs.shape[0] == 1:  # no scan: XLA on CPU runs convolutions in a loop body slower
             return one((state, sums, last), (jnp.int32(0), xs[0]))[0]
         steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
         return jax.lax.scan(one, (state, sums, last), (steps, xs))[0]

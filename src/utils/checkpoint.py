@@ -119,9 +119,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
     The (replicated) state goes to Orbax as host numpy arrays (jax.device_get; on the CPU
     backend these are views of the device buffers, which then are not donated to the next
     step while the write runs): Orbax writes them from process 0 as it would the jax.Arrays,
-    in the same format, at about half the CPU cost per array (docs/performance.md,
-    checkpoints). Orbax's own path also copies to the host before it returns, so the save
-    blocks no longer than before.
+    in the same format, with less host work per array (docs/performance.md, checkpoints).
+    Orbax's own path also copies to the host before it returns, so the save blocks no longer.
 
     A failure to write (read-only or full disk) raises StorageError naming the folder; the
     state in memory is untouched and the previous complete step stays restorable.

@@ -10,19 +10,20 @@ import sys
 sys.path.insert(0, ".")
 from src.utils.reproducibility import configure_determinism  # noqa: E402
 
-configure_determinism()
+configure_determinism(True)  # compile.deterministic_gpu, the default
 
 from typing import Any  # noqa: E402
 
-from src.training.benchmark import StepSetup, build_step  # noqa: E402
+from src.training.setup import setup  # noqa: E402
 from src.training.multistep import MultiStepFn, make_multi_step  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
 
-def set_up(experiment: str) -> tuple[Any, StepSetup, MultiStepFn]:
-    """(config, data/state/step as the loop builds them, the loop's run_steps) for
-    configs/experiment/<experiment>.yaml."""
+def set_up(experiment: str) -> tuple[Any, tuple, MultiStepFn]:
+    """(config, (keys, batches, steps_per_epoch, mesh, state, train_step) as the loop builds
+    them, the loop's run_steps) for configs/experiment/<experiment>.yaml."""
     cfg = load_config(f"configs/experiment/{experiment}.yaml")
-    setup = build_step(cfg)
+    s = setup(cfg)
     t = cfg.training
-    return cfg, setup, make_multi_step(setup.train_step, t.nan_policy, t.batch_size, setup.mesh)
+    parts = (s.keys, s.batches, s.steps_per_epoch, s.mesh, s.state, s.train_step)
+    return cfg, parts, make_multi_step(s.train_step, t.nan_policy, t.batch_size, s.mesh)

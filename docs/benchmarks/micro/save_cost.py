@@ -18,17 +18,18 @@ from pathlib import Path
 sys.path.insert(0, ".")
 from src.utils.reproducibility import configure_determinism  # noqa: E402
 
-configure_determinism()
+configure_determinism(True)  # compile.deterministic_gpu, the default
 
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from src.training.benchmark import build_step  # noqa: E402
+from src.training.setup import setup  # noqa: E402
 from src.utils import checkpoint  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
 cfg = load_config(f"configs/experiment/{sys.argv[1]}.yaml")
-keys, batches, _, _, state, train_step = build_step(cfg)
+run = setup(cfg)
+keys, batches, state, train_step = run.keys, run.batches, run.state, run.train_step
 folder = Path(tempfile.mkdtemp())
 STEPS, EVERY = 1500, 100
 
