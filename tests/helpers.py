@@ -1,4 +1,5 @@
-"""Test helpers: paths, tiny settings and a subprocess runner for the scripts."""
+"""Test helpers: paths, tiny settings, training in process, reading a run's state back, and a
+subprocess runner for the scripts. JAX is imported only by the helpers that need it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +39,56 @@ JAX_CACHE_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
 }
+
+
+# The history values that depend on the clock, not on the computation.
+TIMING_KEYS = frozenset({"examples_per_sec"})
+
+
+def without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """history without its TIMING_KEYS: what two runs of one computation share bit for bit."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+
+
+def train(
+    workdir: Path,
+    run_id: str,
+    overrides: list[str],
+    experiment: Path = BASELINE,
+    data: str | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Trains in this process as `train.py --config=experiment [--data=data]` with the
+    overrides would; returns (metrics.json's content, the run's RunPaths)."""
+    from src.training.loop import train_and_evaluate
+    from src.utils.config import load_config
+    from src.utils.rundir import prepare, run_paths
+
+    cfg = load_config(experiment, {"data": data} if data else None, overrides)
+    paths = run_paths(workdir, run_id)
+    prepare(paths, resume=False, overwrite=False)
+    return train_and_evaluate(cfg, paths, resume=False), paths
+
+
+def read_state(folder: Path, step: int | None = None) -> tuple[int, Any]:
+    """(step, state) of an Orbax folder (model_last, model_best) at step (default: the latest),
+    restored as saved, without a target: {"step", "params", "opt_state"} of host arrays."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(folder.absolute()) as manager:
+        step = manager.latest_step() if step is None else step
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        restored = manager.restore(step, args=args)
+    return step, restored["state"]
+
+
+def assert_same_arrays(a: Any, b: Any) -> None:
+    """Two pytrees with the same leaves, bit for bit."""
+    import jax
+
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def script_env() -> dict[str, str]:

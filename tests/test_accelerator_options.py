@@ -15,8 +15,8 @@ from flax import nnx
 from src.models.registry import build_model
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
+from src.training.setup import build_train_step
 from src.training.state import init_state, split_model
-from src.training.step import Objective, make_train_step
 from src.utils.config import load_config
 from src.utils.parallel import make_mesh
 from src.utils.reproducibility import DETERMINISTIC_XLA_FLAGS, configure_determinism
@@ -64,18 +64,7 @@ def test_bfloat16_training_keeps_float32_state_and_learns():
     cfg, _, bf16 = models("mlp")
     graphdef, params = split_model(bf16)
     tx, schedule = build_optimizer(cfg.optimizer, 3e-3, 100)
-    step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        make_mesh(jax.devices()[:1]),
-        backend="shard_map",
-        latent_dim=3,
-        kl=cfg.training.kl,
-        dynamic_binarize=False,
-        nan_policy="stop",
-        objective=Objective.from_config(cfg.training),
-    )
+    step = build_train_step(cfg, graphdef, tx, schedule, make_mesh(jax.devices()[:1]))
     state, x = init_state(params, tx), digits(16)
     losses = []
     for i in range(60):

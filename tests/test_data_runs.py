@@ -4,39 +4,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from src.training.loop import train_and_evaluate
-from src.utils.config import load_config
-from src.utils.rundir import prepare, run_paths
-from tests.helpers import BASELINE, REPO, write_idx_dataset
-from tests.test_training import restore_params, strip_timing
+from tests.helpers import (
+    BASELINE,
+    REPO,
+    assert_same_arrays,
+    read_state,
+    train,
+    without_timings,
+    write_idx_dataset,
+)
 
 
-def train(workdir: Path, run_id: str, overrides: list[str], experiment=BASELINE, data=None):
-    cfg = load_config(experiment, {"data": data}, overrides)
-    paths = run_paths(workdir, run_id)
-    prepare(paths, resume=False, overwrite=False)
-    record = train_and_evaluate(cfg, paths, resume=False)
-    return record, json.loads(paths.provenance.read_text()), paths.run_dir
+def train_with_provenance(
+    workdir: Path, run_id: str, overrides: list[str], experiment=BASELINE, data=None
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(metrics.json, provenance.json, RunPaths) of a run trained in process."""
+    record, paths = train(workdir, run_id, overrides, experiment, data)
+    return record, json.loads(paths.provenance.read_text()), paths
 
 
 def test_streamed_run_equals_on_device_run(tmp_path, tiny_overrides):
     tiny = [*tiny_overrides, "training.batch_size=64"]  # 22 steps per epoch, 2 epochs
-    a, prov_a, dir_a = train(tmp_path, "dev", [*tiny, "data.on_device=true"])
-    b, prov_b, dir_b = train(tmp_path, "stream", [*tiny, "data.on_device=false"])
+    a, prov_a, paths_a = train_with_provenance(tmp_path, "dev", [*tiny, "data.on_device=true"])
+    b, prov_b, paths_b = train_with_provenance(tmp_path, "stream", [*tiny, "data.on_device=false"])
     assert prov_a["data"]["on_device"] is True and prov_b["data"]["on_device"] is False
-    assert strip_timing(a["history"]) == strip_timing(b["history"])
-    pa, pb = restore_params(dir_a / "model_last"), restore_params(dir_b / "model_last")
-    for x, y in zip(_leaves(pa), _leaves(pb), strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
-def _leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
+    assert without_timings(a["history"]) == without_timings(b["history"])
+    assert_same_arrays(read_state(paths_a.last)[1], read_state(paths_b.last)[1])
 
 
 def test_mnist_experiment_runs_on_idx_files(tmp_path, tiny_overrides):
@@ -47,7 +44,8 @@ def test_mnist_experiment_runs_on_idx_files(tmp_path, tiny_overrides):
         f"data.dir={tmp_path / 'mnist'}",
         "data.verify_checksum=false",
     ]
-    record, prov, _ = train(tmp_path, "m", overrides, REPO / "configs/experiment/mnist.yaml")
+    mnist = REPO / "configs/experiment/mnist.yaml"
+    record, prov, _ = train_with_provenance(tmp_path, "m", overrides, mnist)
     assert record["status"] == "completed"
     data = prov["data"]
     assert data["name"] == "mnist" and data["image_shape"] == [28, 28, 1]
@@ -64,7 +62,7 @@ def test_synthetic_truth_is_in_provenance(tmp_path, tiny_overrides):
         "data.synthetic.num_examples=400",
         "data.synthetic.latent_dim=3",
     ]
-    _, prov, _ = train(tmp_path, "s", overrides, data="synthetic")
+    _, prov, _ = train_with_provenance(tmp_path, "s", overrides, data="synthetic")
     gen = prov["data"]["generator"]
     assert gen["kind"] == "manifold" and gen["latent_dim"] == 3 and gen["seed"] == 0
     assert np.asarray(gen["Omega"]).shape == (64, 3) and gen["noise_std"] == 0.05

@@ -17,7 +17,7 @@ from src.evaluation.entry import main
 from src.evaluation.evaluate import derive_eval_keys, evaluate_run
 from src.utils.cli import run
 from src.utils.parallel import make_mesh, replicated, split_on_devices
-from tests.helpers import BASELINE, TINY, run_script
+from tests.helpers import BASELINE, TINY, run_script, train
 
 EVAL_KEYS = {
     "elbo",
@@ -188,14 +188,7 @@ def test_user_errors_exit_2_and_write_nothing(run4, tmp_path, capsys, case, args
 )
 def test_every_likelihood_evaluates_and_reproduces_val_elbo(tmp_path, likelihood):
     """IWAE and figures read log p(x|z) and E[x|z] from the model's own likelihood module."""
-    from src.training.loop import train_and_evaluate
-    from src.utils.config import load_config
-    from src.utils.rundir import prepare, run_paths
-
-    cfg = load_config(BASELINE, overrides=[*TINY, "training.epochs=1", *likelihood])
-    paths = run_paths(tmp_path, "lik")
-    prepare(paths, resume=False, overwrite=False)
-    metrics = train_and_evaluate(cfg, paths, resume=False)
+    metrics, paths = train(tmp_path, "lik", [*TINY, "training.epochs=1", *likelihood])
     record, written = evaluate_run(paths.run_dir, "best", "val", ["eval.iwae_samples=20"])
     assert record["elbo"] == pytest.approx(metrics["best"]["value"], rel=1e-5)
     assert math.isfinite(record["iwae_nll"]) and record["iwae_nll"] <= -record["elbo"] + 1.0

@@ -13,16 +13,15 @@ from sklearn.datasets import load_digits
 
 from src.models.likelihoods import Gaussian
 from src.models.registry import build_model
-from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
+from src.training.setup import build_train_step
 from src.training.state import init_state, split_model
-from src.training.step import Objective, make_eval_step, make_train_step
-from src.utils.config import load_config
+from src.training.step import make_eval_step
+from src.utils.config import load_config, load_saved_config
 from src.utils.errors import ConfigError
 from src.utils.parallel import make_mesh
-from src.utils.rundir import prepare, run_paths
-from tests.helpers import BASELINE, REPO, run_script
+from tests.helpers import BASELINE, REPO, run_script, train
 
 FAMILIES = ["mlp", "conv", "transformer"]
 # Small members of each family, so the tests stay fast. The small transformer uses 4x4 patches
@@ -117,19 +116,7 @@ def test_overfits_one_batch(family):
     model = build_model(cfg.model, (8, 8, 1), nnx.Rngs(0))
     graphdef, params = split_model(model)
     tx, schedule = build_optimizer(cfg.optimizer, cfg.training.lr, 200)
-    mesh = make_mesh(jax.devices()[:1])
-    step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        mesh,
-        latent_dim=cfg.model.latent_dim,
-        kl=cfg.training.kl,
-        dynamic_binarize=False,
-        nan_policy="stop",
-        backend="shard_map",
-        objective=Objective.from_config(cfg.training),
-    )
+    step = build_train_step(cfg, graphdef, tx, schedule, make_mesh(jax.devices()[:1]))
     state = init_state(params, tx)
     x = digits_batch(8)
     losses = []
@@ -277,20 +264,17 @@ def test_baseline_with_model_conv_trains_from_the_cli(tmp_path):
     ],
 )
 def test_family_experiment_trains(tmp_path, experiment, overrides):
-    cfg = load_config(
-        REPO / "configs" / "experiment" / f"{experiment}.yaml",
-        overrides=[
-            "training.epochs=1",
-            "logging.every_steps=11",
-            "eval.every_steps=22",
-            "checkpoint.every_steps=22",
-            "logging.console=false",
-            *overrides,
-        ],
-    )
-    paths = run_paths(tmp_path, "run")
-    prepare(paths, resume=False, overwrite=False)
-    record = train_and_evaluate(cfg, paths, resume=False)
+    short = [
+        "training.epochs=1",
+        "logging.every_steps=11",
+        "eval.every_steps=22",
+        "checkpoint.every_steps=22",
+        "logging.console=false",
+        *overrides,
+    ]
+    experiment_file = REPO / "configs" / "experiment" / f"{experiment}.yaml"
+    record, paths = train(tmp_path, "run", short, experiment_file)
     assert record["status"] == "completed"
     val = [r for r in record["history"] if r["split"] == "val"]
-    assert np.isfinite(val[-1]["elbo"]) and len(val[-1]["kl_per_dim"]) == cfg.model.latent_dim
+    latent_dim = load_saved_config(paths.config).model.latent_dim
+    assert np.isfinite(val[-1]["elbo"]) and len(val[-1]["kl_per_dim"]) == latent_dim

@@ -12,8 +12,9 @@ from flax import nnx
 from src.models.registry import build_model
 from src.training.losses import importance_log_weights, iwae_bound
 from src.training.optim import build_optimizer
+from src.training.setup import build_train_step
 from src.training.state import init_state, split_model
-from src.training.step import Objective, iwae_grads, make_train_step
+from src.training.step import iwae_grads
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
 from src.utils.parallel import make_mesh
@@ -32,21 +33,10 @@ def small_model(seed: int = 0) -> tuple[nnx.GraphDef, dict, jax.Array]:
 
 
 def train_steps(overrides: list[str], steps: int = 3) -> tuple[list[dict], dict]:
-    cfg = load_config(BASELINE, overrides=SMALL + overrides)
+    cfg = load_config(BASELINE, overrides=[*SMALL, "data.binarize=dynamic", *overrides])
     graphdef, params = split_model(build_model(cfg.model, SHAPE, nnx.Rngs(0)))
     tx, schedule = build_optimizer(cfg.optimizer, cfg.training.lr, 10)
-    step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        make_mesh(jax.devices()[:1]),
-        backend="shard_map",
-        latent_dim=cfg.model.latent_dim,
-        kl=cfg.training.kl,
-        dynamic_binarize=True,
-        nan_policy="stop",
-        objective=Objective.from_config(cfg.training),
-    )
+    step = build_train_step(cfg, graphdef, tx, schedule, make_mesh(jax.devices()[:1]))
     state = init_state(params, tx)
     x = jax.random.uniform(jax.random.key(0), (8, *SHAPE))
     metrics = []

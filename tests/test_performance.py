@@ -8,49 +8,40 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from src.data.pipeline import Splits
 from src.training import setup
-from src.training.loop import train_and_evaluate
 from src.training.multistep import steps_until_boundary
-from src.utils.config import load_config
-from src.utils.rundir import prepare, run_paths
-from tests.helpers import BASELINE, TINY, run_script
+from tests.helpers import (
+    BASELINE,
+    TINY,
+    assert_same_arrays,
+    read_state,
+    run_script,
+    train,
+    without_timings,
+)
 
-TIMING_KEYS = {"examples_per_sec"}
 
-
-def train(workdir: Path, run_id: str, overrides: list[str]) -> tuple[dict, dict]:
+def train_tiny(workdir: Path, run_id: str, overrides: list[str]) -> tuple[dict, dict]:
     """Trains the tiny baseline in process; returns the record and model_last's state."""
-    paths = run_paths(workdir, run_id)
-    prepare(paths, resume=False, overwrite=False)
-    record = train_and_evaluate(load_config(BASELINE, overrides=overrides), paths, resume=False)
-    with ocp.CheckpointManager(paths.last.absolute()) as mgr:
-        restored = mgr.restore(
-            mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
-    return record, restored["state"]
+    record, paths = train(workdir, run_id, overrides)
+    return record, read_state(paths.last)[1]
 
 
 def untimed(record: dict) -> dict:
     out = {
         k: v for k, v in record.items() if k not in ("run_id", "history", "final", "config_hash")
     }
-    out["history"] = [
-        {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in record["history"]
-    ]
+    out["history"] = without_timings(record["history"])
     return out
 
 
 def assert_same_run(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
     # JSON text, so that NaN (a failure's offending value) compares equal to NaN
     assert json.dumps(untimed(a[0])) == json.dumps(untimed(b[0]))
-    leaves_a, leaves_b = jax.tree.leaves(a[1]), jax.tree.leaves(b[1])
-    assert len(leaves_a) == len(leaves_b)
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_same_arrays(a[1], b[1])
 
 
 def test_steps_until_boundary():
@@ -63,10 +54,10 @@ def test_steps_per_call_equals_single_steps(tmp_path):
     # TINY: 44 steps per epoch, log every 10, eval and checkpoint every 20: K = 3 and 8 leave
     # remainders before boundaries, run as single steps, and calls spanning two epochs; the
     # streamed provider serves K-step calls too.
-    single = train(tmp_path, "k1", TINY)
-    assert_same_run(single, train(tmp_path, "k3", [*TINY, "training.steps_per_call=3"]))
+    single = train_tiny(tmp_path, "k1", TINY)
+    assert_same_run(single, train_tiny(tmp_path, "k3", [*TINY, "training.steps_per_call=3"]))
     streamed = [*TINY, "training.steps_per_call=8", "data.on_device=false"]
-    assert_same_run(single, train(tmp_path, "streamed", streamed))
+    assert_same_run(single, train_tiny(tmp_path, "streamed", streamed))
 
 
 def with_nan_example(monkeypatch) -> None:
@@ -86,8 +77,8 @@ def with_nan_example(monkeypatch) -> None:
 def test_steps_per_call_keeps_the_nan_policy(tmp_path, monkeypatch, policy):
     with_nan_example(monkeypatch)
     overrides = [*TINY, f"training.nan_policy={policy}"]
-    single = train(tmp_path, "k1", overrides)
-    multi = train(tmp_path, "k4", [*overrides, "training.steps_per_call=4"])
+    single = train_tiny(tmp_path, "k1", overrides)
+    multi = train_tiny(tmp_path, "k4", [*overrides, "training.steps_per_call=4"])
     assert_same_run(single, multi)
     if policy == "stop":
         assert single[0]["status"] == "failed" and single[0]["stopped_at_step"] < 44
@@ -105,7 +96,7 @@ def test_steps_compile_once_over_several_epochs(tmp_path):
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        train(tmp_path, "r", [*TINY, "training.epochs=3", "training.steps_per_call=4"])
+        train_tiny(tmp_path, "r", [*TINY, "training.epochs=3", "training.steps_per_call=4"])
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     # 132 steps over 3 epochs, in 4-step calls and single steps: one program for each length.

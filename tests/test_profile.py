@@ -8,12 +8,12 @@ import pytest
 
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
-from tests.helpers import BASELINE, TINY
+from tests.helpers import BASELINE, TINY, without_timings
 
 
 def _history(workdir, run):
     record = json.loads((workdir / "checkpoints" / run / "metrics.json").read_text())
-    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in record["history"]]
+    return without_timings(record["history"])
 
 
 def test_profile_writes_a_trace_and_changes_no_number(tmp_path, capsys):

@@ -13,8 +13,8 @@ from src.models.likelihoods import Gaussian, categorical_nll, gaussian_nll
 from src.models.registry import build_model
 from src.training.kl import free_bits_kl, kl_weight, kl_weight_from_config
 from src.training.optim import build_optimizer
+from src.training.setup import build_train_step
 from src.training.state import init_state, split_model
-from src.training.step import Objective, make_train_step
 from src.utils.config import load_config
 from src.utils.parallel import make_mesh
 from tests.helpers import BASELINE
@@ -111,18 +111,7 @@ def one_step_metrics(overrides: list[str], steps: int) -> list[dict]:
     )
     graphdef, params = split_model(build_model(cfg.model, (8, 8, 1), nnx.Rngs(0)))
     tx, schedule = build_optimizer(cfg.optimizer, cfg.training.lr, 10)
-    step = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        make_mesh(jax.devices()[:1]),
-        latent_dim=3,
-        kl=cfg.training.kl,
-        dynamic_binarize=False,
-        nan_policy="stop",
-        backend="shard_map",
-        objective=Objective.from_config(cfg.training),
-    )
+    step = build_train_step(cfg, graphdef, tx, schedule, make_mesh(jax.devices()[:1]))
     state = init_state(params, tx)
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
     out = []

@@ -27,9 +27,16 @@ from src.training.loop import train_and_evaluate
 from src.utils.config import load_config
 from src.utils.errors import StorageError
 from src.utils.rundir import prepare, run_paths
-from tests.helpers import BASELINE, REPO, TINY, run_script, script_env
-
-TIMING_KEYS = {"examples_per_sec"}
+from tests.helpers import (
+    BASELINE,
+    REPO,
+    TINY,
+    read_state,
+    run_script,
+    script_env,
+    train,
+    without_timings,
+)
 
 
 def cli_args(workdir: Path, run_id: str, *extra: str) -> list[str]:
@@ -44,9 +51,7 @@ def cli_args(workdir: Path, run_id: str, *extra: str) -> list[str]:
 
 
 def train_in_process(workdir: Path, run_id: str, overrides: list[str]) -> dict[str, Any]:
-    paths = run_paths(workdir, run_id)
-    prepare(paths, resume=False, overwrite=False)
-    return train_and_evaluate(load_config(BASELINE, overrides=overrides), paths, resume=False)
+    return train(workdir, run_id, overrides)[0]
 
 
 def start(workdir: Path, run_id: str, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -79,26 +84,15 @@ def wait_for_checkpoint(
     raise AssertionError("no checkpoint within the timeout")
 
 
-def read_state(directory: Path, step: int | None = None) -> tuple[int, Any]:
-    with ocp.CheckpointManager(directory.absolute()) as mgr:
-        step = mgr.latest_step() if step is None else step
-        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, restored["state"]
-
-
 def metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     """Same history (apart from wall-clock rates), best, final step and state, bit for bit."""
     got, want = metrics(run_dir), metrics(reference)
     assert got["status"] == want["status"] == "completed"
-    assert strip_timing(got["history"]) == strip_timing(want["history"])
+    assert without_timings(got["history"]) == without_timings(want["history"])
     assert got["best"] == want["best"]
     (step_a, state_a), (step_b, state_b) = read_state(run_dir / "model_last"), read_state(
         reference / "model_last"

@@ -9,62 +9,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from src.training.loop import train_and_evaluate
 from src.utils.config import load_config, load_saved_config
-from src.utils.rundir import prepare, run_paths
-from tests.helpers import BASELINE, run_script
-
-TIMING_KEYS = {"examples_per_sec"}
-
-
-def train_tiny(workdir: Path, run_id: str, overrides: list[str]) -> tuple[dict, Path]:
-    cfg = load_config(BASELINE, overrides=overrides)
-    paths = run_paths(workdir, run_id)
-    prepare(paths, resume=False, overwrite=False)
-    return train_and_evaluate(cfg, paths, resume=False), paths.run_dir
-
-
-def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
-
-
-def restore_params(directory: Path) -> dict:
-    with ocp.CheckpointManager(directory.absolute()) as mgr:
-        restored = mgr.restore(
-            mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
-    return restored["state"]["params"]
+from tests.helpers import (
+    BASELINE,
+    assert_same_arrays,
+    read_state,
+    run_script,
+    train,
+    without_timings,
+)
 
 
 def test_same_seed_gives_identical_history_and_params(tmp_path, tiny_overrides):
-    a, dir_a = train_tiny(tmp_path, "a", tiny_overrides)
-    b, dir_b = train_tiny(tmp_path, "b", tiny_overrides)
-    assert strip_timing(a["history"]) == strip_timing(b["history"])
-    pa, pb = restore_params(dir_a / "model_last"), restore_params(dir_b / "model_last")
-    for x, y in zip(jax_leaves(pa), jax_leaves(pb), strict=True):
-        np.testing.assert_array_equal(x, y)
+    a, paths_a = train(tmp_path, "a", tiny_overrides)
+    b, paths_b = train(tmp_path, "b", tiny_overrides)
+    assert without_timings(a["history"]) == without_timings(b["history"])
+    assert_same_arrays(read_state(paths_a.last)[1], read_state(paths_b.last)[1])
 
 
 def test_different_seed_gives_different_numbers(tmp_path, tiny_overrides):
-    a, _ = train_tiny(tmp_path, "a", tiny_overrides)
-    b, _ = train_tiny(tmp_path, "b", [*tiny_overrides, "training.seed=7"])
+    a, _ = train(tmp_path, "a", tiny_overrides)
+    b, _ = train(tmp_path, "b", [*tiny_overrides, "training.seed=7"])
     assert a["history"][0]["loss"] != b["history"][0]["loss"]
 
 
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
-
-
 def test_training_lowers_the_loss(tmp_path, tiny_overrides):
-    record, _ = train_tiny(tmp_path, "r", [*tiny_overrides, "training.epochs=4"])
-    train = [r for r in record["history"] if r["split"] == "train"]
-    assert train[-1]["loss"] < 0.8 * train[0]["loss"]
+    record, _ = train(tmp_path, "r", [*tiny_overrides, "training.epochs=4"])
+    records = [r for r in record["history"] if r["split"] == "train"]
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"]
 
 
 def test_cli_writes_a_complete_run_record(tmp_path, tiny_overrides):
@@ -124,7 +99,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def test_existing_run_id_is_refused_and_left_untouched(tmp_path, tiny_overrides):
-    train_tiny(tmp_path, "taken", tiny_overrides)
+    train(tmp_path, "taken", tiny_overrides)
     before = _hashes(tmp_path)
     result = run_script(
         "train.py", f"--config={BASELINE}", f"--workdir={tmp_path}", "--run_id=taken"
@@ -158,8 +133,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
 
 
 def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
-    _, run_dir = train_tiny(tmp_path, "y", tiny_overrides)
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    _, paths = train(tmp_path, "y", tiny_overrides)
+    saved = yaml.safe_load(paths.config.read_text())
     assert saved["model"]["hidden_dims"] == [32]
 
 
