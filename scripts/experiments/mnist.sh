@@ -4,7 +4,7 @@
 #   DATA_DIR holds mnist/ and fashion_mnist/ (scripts/download_data.py, or
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
-#   iwae curve seeds iwae50 fashion latent reg nll5000.
+#   iwae curve seeds iwae50 fashion latent reg width nll5000.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -12,7 +12,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg nll5000}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -94,6 +94,12 @@ for part in $PARTS; do
         train "reg-$name" $E/mnist.yaml --config.data.dir="$DATA/mnist" \
           --config.training.epochs=10 "${extra[@]}"
         evaluate "reg-$name" 500 nll500_e10
+      done ;;
+    width)  # 015: hidden width 100 .. 1000, 784-h-20, 10 epochs (h = 500 is vae-s42 at epoch 10)
+      for h in 100 200 1000; do
+        train "width-h$h" $E/mnist.yaml --config.data.dir="$DATA/mnist" \
+          --config.model.hidden_dims="[$h]" --config.training.epochs=10
+        evaluate "width-h$h" 500 nll500_e10
       done ;;
     nll5000)  # k = 5000 for the final models of 011 and 016
       for id in vae-s42 fashion-vae-s42 vae-s43 vae-s44; do evaluate "$id" 5000 nll5000_e50; done ;;

@@ -159,6 +159,15 @@ def main() -> None:
             reg.append(f"| {label} | " + fmt(row(record)) + " |")
     table("013 regularization, 784-500-20, 10 epochs, k = 500", "setting", reg)
 
+    width = []
+    for h in (100, 200, 500, 1000):
+        run_id = f"width-h{h}" if h != 500 else "vae-s42"
+        record = load(runs / run_id, "nll500_e10")
+        if record:
+            params = json.loads((runs / run_id / "metrics.json").read_text())["param_count"]
+            width.append(f"| {h} | {params:,} | " + fmt(row(record)) + " |")
+    table("015 hidden width, 784-h-20, 10 epochs, k = 500", "hidden | parameters", width)
+
     fashion = []
     for name in ("nll500_e50", "nll5000_e50"):
         record = load(runs / "fashion-vae-s42", name)
