@@ -18,11 +18,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from src.models.registry import build_model
-from src.training.optim import build_optimizer
-from src.training.state import init_state, split_model
+from src.training.setup import abstract_train_state
 from src.utils import checkpoint
 from src.utils.config import load_config, load_saved_config
 from src.utils.errors import ConfigError
@@ -85,9 +82,7 @@ def history(workdir: Path, run_id: str, split: str, key: str) -> np.ndarray:
 def final_state_on_one_device(run_dir: Path) -> dict:
     """model_last restored onto this process's single device, whatever wrote it."""
     cfg = load_saved_config(run_dir / "config.yaml")
-    model = build_model(cfg.model, (8, 8, 1), nnx.Rngs(params=jax.random.key(0)))
-    tx, _ = build_optimizer(cfg.optimizer, cfg.training.lr, 1)
-    shapes = init_state(split_model(model)[1], tx)
+    _, shapes = abstract_train_state(cfg, (8, 8, 1), 1)
     target = checkpoint.abstract_like(shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     with checkpoint.make_manager(run_dir / "model_last", 1) as manager:
         state, _ = checkpoint.restore(manager, target)
