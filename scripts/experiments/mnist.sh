@@ -4,7 +4,7 @@
 #   DATA_DIR holds mnist/ and fashion_mnist/ (scripts/download_data.py, or
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
-#   iwae curve seeds iwae50 fashion latent reg width nll5000.
+#   iwae curve seeds iwae50 fashion latent reg width nll5000 long.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -12,7 +12,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -103,6 +103,14 @@ for part in $PARTS; do
       done ;;
     nll5000)  # k = 5000 for the final models of 011 and 016
       for id in vae-s42 fashion-vae-s42 vae-s43 vae-s44; do evaluate "$id" 5000 nll5000_e50; done ;;
+    long)  # 011: seed 42 continued to 100 and 200 epochs
+      for e in 100 200; do
+        if [ ! -f "$W/checkpoints/vae-s42/eval/nll500_e$e.json" ]; then
+          extend vae-s42 $E/mnist.yaml "$e"
+          evaluate vae-s42 500 "nll500_e$e"
+        fi
+      done
+      evaluate vae-s42 5000 nll5000_e200 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

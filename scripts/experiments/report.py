@@ -103,16 +103,17 @@ def main() -> None:
 
     curve = []
     points: list[tuple[int, float]] = []
-    for e in (1, 2, 5, 10, 20, 50):
+    for e in (1, 2, 5, 10, 20, 50, 100, 200):
         record = load(runs / "vae-s42", f"nll500_e{e}")
         if record:
             r = row(record)
             points.append((e, r["nll"]))
             curve.append(f"| {e} | {r['step']} | {r['k']} | " + fmt(r) + " |")
-    final = load(runs / "vae-s42", "nll5000_e50")
-    if final:
-        r = row(final)
-        curve.append(f"| 50 | {r['step']} | {r['k']} | " + fmt(r) + " |")
+    for e in (50, 200):
+        final = load(runs / "vae-s42", f"nll5000_e{e}")
+        if final:
+            r = row(final)
+            curve.append(f"| {e} | {r['step']} | {r['k']} | " + fmt(r) + " |")
     table(
         "011 standard VAE 784-500-20, seed 42, test NLL against epochs", "epochs | step | k", curve
     )
