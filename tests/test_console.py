@@ -45,7 +45,7 @@ def test_header_names_the_run_its_folders_devices_size_and_data(tiny_run):
     assert head.startswith("run tiny (experiment baseline, config ")
     assert f"record:   {workdir / 'checkpoints' / 'tiny'}" in head
     assert f"logs: {workdir / 'logs' / 'tiny'}" in head
-    assert re.search(r"devices:  \d+ x cpu.*backend shard_map", head)
+    assert re.search(r"devices:  \d+ x cpu.*backend jit", head)
     assert f"{record['param_count']:,} parameters" in head
     assert f"{TOTAL_STEPS} steps = 2 epochs x 44 steps of batch 32" in head
     assert "train 1,437, val 180, test 180" in head

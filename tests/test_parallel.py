@@ -1,5 +1,5 @@
-"""Data parallelism: the same numbers on 1 and 4 devices, with shard_map and pmap, in one process
-and across two processes; checkpoints that move between device counts; batch-size errors.
+"""Data parallelism: the same numbers on 1 and 4 devices, with jit, shard_map and pmap, in one
+process and across two processes; checkpoints that move between device counts; batch-size errors.
 
 JAX is already initialized with one CPU device in the pytest process, so multi-device runs happen
 in subprocesses with XLA_FLAGS=--xla_force_host_platform_device_count=N.
@@ -104,19 +104,22 @@ def runs(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("parallel")
     run_many(
         [
-            fresh("shard4", w),
+            fresh("jit4", w),
+            fresh("shard4", w, "parallel.backend=shard_map"),
             fresh("pmap4", w, "parallel.backend=pmap"),
-            fresh("shard4_k4", w, "training.steps_per_call=4", "logging.every_steps=11"),
+            fresh("jit4_k4", w, "training.steps_per_call=4", "logging.every_steps=11"),
             fresh("pmap4_k4", w, "parallel.backend=pmap", "training.steps_per_call=4"),
             fresh("one", w, "parallel.num_devices=1"),
+            fresh("one_shard", w, "parallel.num_devices=1", "parallel.backend=shard_map"),
             fresh("one_long", w, "parallel.num_devices=1", "training.epochs=2"),
             *(
                 fresh(f"iwae_{name}", w, *IWAE, *extra)
                 for name, extra in (
-                    ("shard4", []),
+                    ("jit4", []),
+                    ("shard4", ["parallel.backend=shard_map"]),
                     ("pmap4", ["parallel.backend=pmap"]),
                     ("one", ["parallel.num_devices=1"]),
-                    ("shard4_k4", ["training.steps_per_call=4"]),
+                    ("jit4_k4", ["training.steps_per_call=4"]),
                 )
             ),
         ],
@@ -124,11 +127,11 @@ def runs(tmp_path_factory) -> Path:
     )
     # Resume each 1-epoch run for a second epoch on the other device count (copies, so the
     # 1-epoch records stay for the other tests).
-    for src, dst in (("shard4", "shard4_then_one"), ("one", "one_then_pmap4")):
+    for src, dst in (("jit4", "jit4_then_one"), ("one", "one_then_pmap4")):
         shutil.copytree(w / "checkpoints" / src, w / "checkpoints" / dst)
     run_many(
         [
-            resume("shard4_then_one", w, "training.epochs=2", "parallel.num_devices=1"),
+            resume("jit4_then_one", w, "training.epochs=2", "parallel.num_devices=1"),
             resume("one_then_pmap4", w, "training.epochs=2", "parallel.num_devices=0")
             + ["--config.parallel.backend=pmap"],
         ],
@@ -137,21 +140,32 @@ def runs(tmp_path_factory) -> Path:
     return w
 
 
-@pytest.mark.parametrize("other", ["pmap4", "one"])
+@pytest.mark.parametrize("other", ["shard4", "pmap4", "one"])
 def test_same_losses_and_params_on_any_device_count_and_backend(runs, other):
     for split, key in (("train", "loss"), ("train", "grad_norm"), ("val", "elbo")):
-        a, b = history(runs, "shard4", split, key), history(runs, other, split, key)
+        a, b = history(runs, "jit4", split, key), history(runs, other, split, key)
         assert len(a) == (STEPS if split == "train" else 2)  # val at steps 11, 22
         np.testing.assert_allclose(b, a, rtol=RTOL)
-    reference = final_state_on_one_device(runs / "checkpoints" / "shard4")
+    reference = final_state_on_one_device(runs / "checkpoints" / "jit4")
     assert int(reference["step"]) == STEPS
     assert_close_trees(final_state_on_one_device(runs / "checkpoints" / other), reference)
 
 
-@pytest.mark.parametrize("k4, k1", [("shard4_k4", "shard4"), ("pmap4_k4", "pmap4")])
+def test_jit_and_shard_map_are_bit_identical_on_one_device(runs):
+    """A one-device run gives the same bits with the default jit step as with shard_map."""
+    for split, key in (("train", "loss"), ("train", "grad_norm"), ("val", "elbo")):
+        a, b = history(runs, "one", split, key), history(runs, "one_shard", split, key)
+        np.testing.assert_array_equal(b, a)
+    state = final_state_on_one_device(runs / "checkpoints" / "one_shard")
+    reference = final_state_on_one_device(runs / "checkpoints" / "one")
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("k4, k1", [("jit4_k4", "jit4"), ("pmap4_k4", "pmap4")])
 def test_steps_per_call_on_four_devices_equals_single_steps(runs, k4, k1):
-    """4-step calls on 4 devices, both backends (shard_map: logging every 11 steps, so calls
-    and single steps mix)."""
+    """4-step calls on 4 devices, jit and pmap (jit: logging every 11 steps, so calls and
+    single steps mix)."""
     np.testing.assert_array_equal(
         history(runs, k4, "val", "elbo"), history(runs, k1, "val", "elbo")
     )
@@ -206,23 +220,23 @@ def test_evaluate_splits_examples_over_devices_with_one_device_numbers(runs, tmp
 IWAE = ["training.objective=iwae", "training.iwae_samples=3", "training.iwae_gradient=dreg"]
 
 
-@pytest.mark.parametrize("other", ["iwae_pmap4", "iwae_one", "iwae_shard4_k4"])
+@pytest.mark.parametrize("other", ["iwae_shard4", "iwae_pmap4", "iwae_one", "iwae_jit4_k4"])
 def test_iwae_objective_on_any_backend_device_count_and_steps_per_call(runs, other):
-    """The IWAE bound (k = 3, DReG) as the loss: same numbers on 4 devices with shard_map or
-    pmap, on one device and with 4 steps per call; its bound is logged next to the ELBO."""
-    a, b = history(runs, "iwae_shard4", "train", "loss"), history(runs, other, "train", "loss")
+    """The IWAE bound (k = 3, DReG) as the loss: same numbers on 4 devices with jit, shard_map
+    or pmap, on one device and with 4 steps per call; its bound is logged next to the ELBO."""
+    a, b = history(runs, "iwae_jit4", "train", "loss"), history(runs, other, "train", "loss")
     assert len(a) == STEPS
     np.testing.assert_allclose(b, a, rtol=RTOL)
-    bound = history(runs, "iwae_shard4", "train", "iwae_bound")
+    bound = history(runs, "iwae_jit4", "train", "iwae_bound")
     np.testing.assert_array_equal(bound, -a)
-    assert not np.array_equal(bound, history(runs, "iwae_shard4", "train", "elbo"))
-    reference = final_state_on_one_device(runs / "checkpoints" / "iwae_shard4")
+    assert not np.array_equal(bound, history(runs, "iwae_jit4", "train", "elbo"))
+    reference = final_state_on_one_device(runs / "checkpoints" / "iwae_jit4")
     assert_close_trees(final_state_on_one_device(runs / "checkpoints" / other), reference)
     record = json.loads((runs / "checkpoints" / other / "metrics.json").read_text())
     assert record["train_bound"] == "iwae k=3 (dreg)"
 
 
-@pytest.mark.parametrize("resumed", ["shard4_then_one", "one_then_pmap4"])
+@pytest.mark.parametrize("resumed", ["jit4_then_one", "one_then_pmap4"])
 def test_resume_on_another_device_count_continues_the_run(runs, resumed):
     """A 4-device checkpoint resumed on 1 device (and the reverse) matches an uninterrupted run."""
     ref = history(runs, "one_long", "train", "loss")
@@ -285,11 +299,11 @@ def test_two_processes_agree_with_one_process(runs, tmp_path, extra):
     assert prov["devices"]["process_count"] == 2 and prov["devices"]["count"] == 4
     for split, key in (("train", "loss"), ("val", "elbo")):
         np.testing.assert_allclose(
-            history(tmp_path, "multi", split, key), history(runs, "shard4", split, key), rtol=RTOL
+            history(tmp_path, "multi", split, key), history(runs, "jit4", split, key), rtol=RTOL
         )
     assert_close_trees(
         final_state_on_one_device(tmp_path / "checkpoints" / "multi"),
-        final_state_on_one_device(runs / "checkpoints" / "shard4"),
+        final_state_on_one_device(runs / "checkpoints" / "jit4"),
     )
 
 

@@ -82,11 +82,10 @@ def xla_flops(compiled: Any) -> float | None:
 
 
 def build_step(cfg: Any) -> Setup:
-    """cfg's run as the loop builds it (src/training/setup.py), for the shard_map backend."""
-    if cfg.parallel.backend != "shard_map":  # the pmap step is not one jitted function
+    """cfg's run as the loop builds it (src/training/setup.py), for the jit or shard_map backend."""
+    if cfg.parallel.backend == "pmap":  # the pmap step is not one jitted function
         raise ConfigError(
-            f"benchmark.py: parallel.backend={cfg.parallel.backend} is not supported; "
-            "use parallel.backend=shard_map"
+            "benchmark.py: parallel.backend=pmap is not supported; use parallel.backend=jit"
         )
     return setup(cfg)
 

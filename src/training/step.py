@@ -1,15 +1,17 @@
 """The pure, jit-compiled train and eval steps.
 
-train_step(state, batch, key) -> (state, metrics). One per-device body averages gradients and
-metrics with lax.pmean over the mesh axis "data"; `backend` picks how it is mapped:
+train_step(state, batch, key) -> (state, metrics). `backend` picks how the step is spread over
+the devices of the mesh axis "data":
 
-- shard_map: jax.shard_map over the mesh, state replicated, batch split on its leading axis.
-- pmap: jax.pmap over the mesh's devices, state stacked [devices, ...] (see
-  src/utils/parallel.py:to_backend), batch reshaped to [devices, batch / devices, ...].
+- jit (default): one program over the global batch, state replicated and batch split on its
+  leading axis (NamedSharding); XLA inserts the cross-device sums, e.g. of the gradients.
+- shard_map, pmap: the same body runs on each device's rows and averages gradients and metrics
+  itself (lax.pmean). pmap keeps the state stacked [devices, ...] (see
+  src/utils/parallel.py:to_backend) and takes the batch reshaped to [devices, batch / devices, ...].
 
 All noise (reparameterization, dynamic binarization) is drawn for the *global* batch before the
-split, so the numbers do not depend on how many devices share the batch (up to the order of the
-floating-point sums in pmean).
+split, so the numbers do not depend on how many devices share the batch or on the backend (up to
+the order of the floating-point sums across devices).
 
 training.objective picks the bound that is optimized: the ELBO (the single-sample estimate with
 the analytic KL, weighted and floored by training.kl) or the IWAE bound L_k with
@@ -17,9 +19,10 @@ k = training.iwae_samples (Burda et al. 2016), whose encoder gradient is either 
 reparameterized one or DReG (Tucker et al. 2019, "Doubly Reparameterized Gradient Estimators
 for Monte Carlo Objectives"). k = 1 is the ELBO and runs the ELBO's code.
 
-The one exception is transformer dropout (model.transformer.dropout > 0): each device draws its
-masks from fold_in(dropout_key, device index) inside the body, so those masks, and the numbers,
-depend on the device count.
+The one exception is transformer dropout (model.transformer.dropout > 0) under shard_map and
+pmap: each device draws its masks from fold_in(dropout_key, device index), so those masks, and
+the numbers, depend on the device count. jit draws the global batch's masks as device 0 does,
+so on one device all three backends agree.
 """
 
 from __future__ import annotations
@@ -158,6 +161,12 @@ def iwae_grads(
     return grads, iwae_metrics(log_w, log_px_z, mean, logvar)[1]
 
 
+def global_mean(tree: Any, axis: str | None) -> Any:
+    """Batch means of one device's rows -> the global batch's (lax.pmean over the mesh axis).
+    axis None: the step already sees the global batch (jit), the means are global."""
+    return tree if axis is None else jax.lax.pmean(tree, axis)
+
+
 def guard_nonfinite(
     old: TrainState, new: TrainState, metrics: dict[str, jax.Array], nan_policy: str
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -205,7 +214,7 @@ def make_train_step(
     nan_policy: str,
     objective: Objective,
 ) -> StepFn:
-    """Builds the compiled step for `backend` (shard_map | pmap); the state is donated.
+    """Builds the compiled step for `backend` (jit | shard_map | pmap); the state is donated.
 
     batch: [global_batch, ...] split over the mesh on its leading axis; key: the step's key.
 
@@ -222,7 +231,12 @@ def make_train_step(
     samples = objective.samples if objective.is_iwae else 1
 
     def loss_fn(
-        params: Any, x: jax.Array, eps: jax.Array, weight: jax.Array, key: jax.Array
+        params: Any,
+        x: jax.Array,
+        eps: jax.Array,
+        weight: jax.Array,
+        key: jax.Array,
+        axis: str | None,
     ) -> tuple[jax.Array, dict]:
         terms = vae_terms(nnx.merge(graphdef, params), x, eps, key)
         recon = terms.recon.mean()
@@ -230,9 +244,9 @@ def make_train_step(
         kl_sum = kl_per_dim.sum()
         if kl.free_bits > 0:
             # The floor acts on the global batch mean: decide which dimensions are above it
-            # from the pmean (no gradient flows through the decision), then sum locally.
-            active = jax.lax.pmean(jax.lax.stop_gradient(kl_per_dim), AXIS) > kl.free_bits
-            kl_term = free_bits_kl(kl_per_dim, kl.free_bits, active)
+            # from that mean (no gradient flows through the decision).
+            global_kl = global_mean(jax.lax.stop_gradient(kl_per_dim), axis)
+            kl_term = free_bits_kl(kl_per_dim, kl.free_bits, global_kl > kl.free_bits)
         else:
             kl_term = kl_sum
         loss = recon + weight * kl_term
@@ -245,20 +259,25 @@ def make_train_step(
         }
 
     def body(
-        state: TrainState, x: jax.Array, eps: jax.Array, key: jax.Array
+        state: TrainState, x: jax.Array, eps: jax.Array, key: jax.Array, axis: str | None = None
     ) -> tuple[TrainState, dict]:
+        """One step on x: the global batch (jit, axis None), or this device's rows (shard_map
+        and pmap, axis = the mesh axis, over which the body then averages itself)."""
         weight = kl_weight_from_config(kl, state.step)
-        key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))  # distinct masks per device
-        # Differentiate w.r.t. a per-device ("varying") copy of the replicated params: under
-        # shard_map the gradient of a replicated input comes back already psum-ed over the
-        # devices (the transpose of the implicit broadcast), which the pmean below would turn
-        # into devices x the mean gradient. Under pmap the cast changes nothing.
-        local_params = jax.lax.pcast(state.params, AXIS, to="varying")
+        params, device = state.params, jnp.int32(0)
+        if axis is not None:
+            device = jax.lax.axis_index(axis)
+            # Differentiate w.r.t. a per-device ("varying") copy of the replicated params:
+            # under shard_map the gradient of a replicated input comes back already psum-ed
+            # over the devices (the transpose of the implicit broadcast), which global_mean
+            # would turn into devices x the mean gradient. Under pmap the cast changes nothing.
+            params = jax.lax.pcast(params, axis, to="varying")
+        key = jax.random.fold_in(key, device)  # dropout: each device its own masks (jit: one)
         if objective.is_iwae:
-            grads, metrics = iwae_grads(graphdef, local_params, x, eps, key, objective.gradient)
+            grads, metrics = iwae_grads(graphdef, params, x, eps, key, objective.gradient)
         else:
-            grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params, x, eps, weight, key)
-        grads, metrics = jax.lax.pmean((grads, metrics), AXIS)
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(params, x, eps, weight, key, axis)
+        grads, metrics = global_mean((grads, metrics), axis)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -268,38 +287,52 @@ def make_train_step(
             state, TrainState(state.step + 1, params, opt_state), metrics, nan_policy
         )
 
-    if backend == "pmap":
-        n = mesh.size
-        # out_axes None: metrics are identical on every device after pmean, return one copy.
-        mapped = jax.pmap(
-            body,
-            axis_name=AXIS,
-            in_axes=(0, 0, 0, None),  # the dropout key is shared; the body folds in the device
-            devices=list(mesh.devices.flat),
-            out_axes=(0, None),
+    def on_global_batch(body: Callable) -> StepFn:
+        """(state, batch, key) -> body(state, x, eps, dropout_key), noise drawn for the batch."""
+
+        def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
+            x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
+            return body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM))
+
+        return step
+
+    if backend == "jit":
+        replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
+        return jax.jit(
+            on_global_batch(body),
+            in_shardings=(replicated, split, replicated),
+            out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
 
-        @functools.partial(jax.jit, out_shardings=split_on_devices(mesh))
-        def per_device_inputs(batch: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-            x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
-            return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
+    per_device = functools.partial(body, axis=AXIS)
+    if backend == "shard_map":
+        sharded = jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P())
+        )
+        return jax.jit(on_global_batch(sharded), donate_argnums=0)
 
-        def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
-            dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
-            return mapped(state, *per_device_inputs(batch, key), dropout_key)
-
-        return pmap_step
-
-    sharded_body = jax.shard_map(
-        body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P())
+    n = mesh.size
+    # out_axes None: metrics are identical on every device after pmean, return one copy.
+    mapped = jax.pmap(
+        per_device,
+        axis_name=AXIS,
+        in_axes=(0, 0, 0, None),  # the dropout key is shared; the body folds in the device
+        devices=list(mesh.devices.flat),
+        out_axes=(0, None),
+        donate_argnums=0,
     )
 
-    def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
+    @functools.partial(jax.jit, out_shardings=split_on_devices(mesh))
+    def per_device_inputs(batch: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
-        return sharded_body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM))
+        return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
 
-    return jax.jit(step, donate_argnums=0)
+    def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
+        dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
+        return mapped(state, *per_device_inputs(batch, key), dropout_key)
+
+    return pmap_step
 
 
 def make_eval_step(

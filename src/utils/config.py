@@ -107,7 +107,7 @@ CHOICES = {
     "optimizer.type": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "warmup_cosine"),
     "checkpoint.best_mode": ("max", "min"),
-    "parallel.backend": ("shard_map", "pmap"),
+    "parallel.backend": ("jit", "shard_map", "pmap"),
     "training.nan_policy": ("stop", "skip"),
     "training.objective": ("elbo", "iwae"),
     "training.iwae_gradient": ("standard", "dreg"),

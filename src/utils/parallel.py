@@ -2,8 +2,9 @@
 
 The train state has one canonical layout, replicated over the mesh (NamedSharding(mesh, P())):
 that is what is saved, restored and validated, so checkpoints do not depend on the device
-count. The pmap backend keeps the state stacked with a leading device axis while training;
-`to_backend` / `from_backend` convert at the boundaries (start, validation, saves).
+count, and it is also what the jit and shard_map steps take. The pmap backend keeps the state
+stacked with a leading device axis while training; `to_backend` / `from_backend` convert at the
+boundaries (start, validation, saves).
 """
 
 from __future__ import annotations
@@ -116,10 +117,11 @@ def split_on_devices(mesh: Mesh) -> NamedSharding:
 def to_backend(state: Any, mesh: Mesh, backend: str) -> Any:
     """Canonical (replicated) state -> the layout the backend's step takes.
 
+    jit, shard_map: the canonical layout itself.
     pmap: every leaf x becomes [devices, *x.shape], one copy per device, split over the mesh
     (what jax.pmap expects; in a multi-process run each process sees its local rows).
     """
-    if backend == "shard_map":
+    if backend != "pmap":
         return jax.device_put(state, replicated(mesh))
     n = mesh.size
     stack = jax.jit(
@@ -131,7 +133,7 @@ def to_backend(state: Any, mesh: Mesh, backend: str) -> Any:
 
 def from_backend(state: Any, mesh: Mesh, backend: str) -> Any:
     """The backend's state layout -> canonical (replicated), e.g. to save or validate."""
-    if backend == "shard_map":
+    if backend != "pmap":
         return state
     if jax.process_count() > 1:  # jax.pmap hands each process its local rows
         state = multihost_utils.host_local_array_to_global_array(state, mesh, P(AXIS))
