@@ -98,15 +98,14 @@ def restore_state(
 def make_posterior_step(
     graphdef: nnx.GraphDef, mesh: Mesh, *, iwae_samples: int, iwae_chunk: int
 ) -> Callable[..., dict[str, jax.Array]]:
-    """step(params, x, elbo_key, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
+    """step(params, x, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
 
     x may be split over the mesh (each device scores its examples); the outputs come back
-    replicated. elbo_key is unused (the batch is scored as it is); it keeps the key layout of
-    the ELBO pass.
+    replicated.
     """
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
-    def step(params: Any, x: jax.Array, elbo_key: jax.Array, iwae_key: jax.Array) -> dict:
+    def step(params: Any, x: jax.Array, iwae_key: jax.Array) -> dict:
         model = nnx.merge(graphdef, params)
         mean, logvar = model.encode(x)
         log_px = iwae_log_likelihood(model, x, iwae_key, iwae_samples, iwae_chunk)
@@ -128,12 +127,7 @@ def posterior_pass(
     batches, masks = padded_batches(x, batch_size)
     outs = [
         jax.device_get(
-            step(
-                params,
-                on_devices(batch, batch_sharding),
-                jax.random.fold_in(keys["elbo"], i),
-                jax.random.fold_in(keys["iwae"], i),
-            )
+            step(params, on_devices(batch, batch_sharding), jax.random.fold_in(keys["iwae"], i))
         )
         for i, batch in enumerate(batches)
     ]

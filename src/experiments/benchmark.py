@@ -75,8 +75,6 @@ def xla_flops(compiled: Any) -> float | None:
         cost = compiled.cost_analysis()
     except NotImplementedError:
         return None
-    if isinstance(cost, list | tuple):  # one entry per program in older JAX versions
-        cost = cost[0] if cost else {}
     flops = (cost or {}).get("flops")
     return float(flops) if flops is not None else None
 

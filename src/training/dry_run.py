@@ -39,13 +39,6 @@ def si(value: float, unit: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _first(analysis: Any) -> dict[str, Any]:
-    """cost_analysis() is a dict, or a list of one dict per program in older JAX versions."""
-    if isinstance(analysis, list | tuple):
-        return dict(analysis[0]) if analysis else {}
-    return dict(analysis or {})
-
-
 def step_analysis(
     cfg: Any, graphdef: Any, state: Any, tx: Any, schedule: Any, mesh: Any, example: Any
 ) -> tuple[dict[str, Any], Any]:
@@ -69,7 +62,7 @@ def step_analysis(
         memory = compiled.memory_analysis()
     except Exception:  # not every backend implements it
         memory = None
-    return _first(compiled.cost_analysis()), memory
+    return dict(compiled.cost_analysis() or {}), memory
 
 
 def dry_run(cfg: Any, paths: RunPaths, *, resume: bool = False) -> str:

@@ -207,12 +207,10 @@ def writes_run_folder(parallel: Any) -> bool:
         return True
     if parallel.process_id >= 0:
         return bool(parallel.process_id == 0)
-    from jax._src.clusters import ClusterEnv  # what jax.distributed.initialize() consults
+    from src.utils.parallel import detected_cluster  # imports JAX: not for every command line
 
-    for env in ClusterEnv._cluster_types:
-        if not env.opt_in_only_method and env.is_env_present():
-            return bool(env.get_process_id() == 0)
-    return True
+    env = detected_cluster()
+    return env is None or bool(env.get_process_id() == 0)
 
 
 def main(argv: Sequence[str]) -> int:

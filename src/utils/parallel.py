@@ -23,16 +23,22 @@ from src.utils.errors import ConfigError
 AXIS = "data"
 
 
-def detected_process_count() -> int:
-    """Processes in the cluster JAX's own detection finds (SLURM, Open MPI, Cloud TPU, ...); 1
-    if none. Uses the ClusterEnv list jax.distributed.initialize() consults; opt-in methods
+def detected_cluster() -> Any | None:
+    """The cluster environment JAX's own detection finds (SLURM, Open MPI, Cloud TPU, ...), or
+    None. Uses the ClusterEnv list jax.distributed.initialize() consults; opt-in methods
     (mpi4py) only run when asked for, as in JAX."""
     from jax._src.clusters import ClusterEnv  # no public API lists the environments
 
     for env in ClusterEnv._cluster_types:
         if not env.opt_in_only_method and env.is_env_present():
-            return int(env.get_process_count())
-    return 1
+            return env
+    return None
+
+
+def detected_process_count() -> int:
+    """Processes in the detected cluster; 1 if none."""
+    env = detected_cluster()
+    return 1 if env is None else int(env.get_process_count())
 
 
 def initialize_distributed(cfg: Any) -> bool:
