@@ -81,7 +81,7 @@ class DeviceBatches:
     def chunk(self, step: int, n: int) -> jax.Array:
         """The batches of steps step .. step + n - 1: [n * batch_size, ...].
 
-        Replicated like the resident split (each step's shard_map takes its rows locally).
+        Replicated like the resident split: each device's step takes its rows locally.
         One gather of fixed size from the used rows of this epoch's order followed by the next
         epoch's, so a call that crosses into the next epoch (training.steps_per_call) costs the
         same and compiles nothing new; n beyond the next epoch is split up.
