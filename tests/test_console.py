@@ -83,7 +83,8 @@ def test_train_lines_show_progress_and_consistent_numbers(tiny_run):
     assert not any("lr=" in line or "skipped_steps=" in line for line in lines)
     weights = [re.search(r"kl_weight=(\S+)", line) for line in lines]
     assert [w is not None for w in weights[:5]] == [True, True, True, True, False]
-    assert weights[3].group(1) == "1.000" and not any(weights[4:])
+    fourth = weights[3]
+    assert fourth is not None and fourth.group(1) == "1.000" and not any(weights[4:])
 
 
 def test_validation_lines_and_no_control_characters(tiny_run):

@@ -40,7 +40,9 @@ def test_dry_run_writes_nothing_and_reports_the_run(tmp_path):
     args = [f"--config={BASELINE}", f"--workdir={workdir}", "--run_id=real"]
     assert main([*args, *(f"--config.{o}" for o in TINY)]) == 0
     record = json.loads((workdir / "checkpoints" / "real" / "metrics.json").read_text())
-    count = int(re.search(r"^model: +mlp: ([\d,]+) parameters", out, re.M)[1].replace(",", ""))
+    found = re.search(r"^model: +mlp: ([\d,]+) parameters", out, re.M)
+    assert found is not None, out
+    count = int(found[1].replace(",", ""))
     assert count == record["param_count"]
 
     # --resume --dry_run reads the saved run and changes nothing.

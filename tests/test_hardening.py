@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -671,7 +672,12 @@ def test_tensorboard_equals_the_record_after_a_kill_and_resume(tmp_path):
     # Resumed from a checkpoint at step 30, the run replays step 40.
     (events,) = (tmp_path / "logs").glob("events.out.tfevents.*")
     first.tb.flush()
-    kept = _tensorboard_events(tmp_path / "logs")[:5]  # file version + steps 10 and 20
+    # tensorboardX writes from a background thread: wait until all 8 records are in the file.
+    deadline = time.monotonic() + 30
+    while len(written := _tensorboard_events(tmp_path / "logs")) < 9:
+        assert time.monotonic() < deadline, len(written)
+        time.sleep(0.05)
+    kept = written[:5]  # file version + steps 10 and 20
     assert [e.step for e in kept[1:]] == [10, 10, 20, 20]
     events.write_bytes(b"".join(_encoded(e) for e in kept))
     resumed = _recorder(tmp_path, tensorboard=True, write_every_secs=0.0, resume=True)

@@ -14,8 +14,8 @@ configure_determinism(True)  # compile.deterministic_gpu, the default
 
 from typing import Any  # noqa: E402
 
-from src.training.setup import setup  # noqa: E402
 from src.training.multistep import MultiStepFn, make_multi_step  # noqa: E402
+from src.training.setup import setup  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
 
