@@ -15,12 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from src.training.losses import LOG_2PI, importance_log_weights
-
-
-def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """log N(z; mean, diag(exp(logvar))) summed over the last axis (broadcasting): [...]."""
-    return -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-logvar) + logvar + LOG_2PI, axis=-1)
+from src.training.losses import LOG_2PI, importance_log_weights, log_normal_diag
 
 
 def chunked_log_mean_exp(

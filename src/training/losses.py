@@ -27,8 +27,10 @@ __all__ = [
     "categorical_nll",
     "gaussian_kl",
     "gaussian_nll",
+    "decoder_log_probs",
     "importance_log_weights",
     "iwae_bound",
+    "log_normal_diag",
     "reparameterize",
     "vae_terms",
 ]
@@ -76,6 +78,29 @@ def vae_terms(model: Any, x: jax.Array, eps: jax.Array, dropout_key: jax.Array |
     return VAETerms(recon=recon, kl_per_dim=gaussian_kl(mean, logvar), mean=mean)
 
 
+def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z; mean, diag(exp(logvar))) summed over the last axis (broadcasting): [...]."""
+    return -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-logvar) + logvar + LOG_2PI, axis=-1)
+
+
+def decoder_log_probs(
+    model: Any, x: jax.Array, z: jax.Array, dropout_key: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """(log p(x|z_s), log p(z_s)) for samples z [S, B, D] of the B examples x: each [S, B].
+
+    log p(x|z) comes from the model's own likelihood (model.nll), learned scales included.
+    model: has decode(z [n, D][, dropout_key]) -> outputs and nll(outputs, x) -> [n] nats;
+    dropout_key: the decoder's dropout key (training), None for a deterministic decoder.
+    """
+    num, batch, dim = z.shape
+    flat = z.reshape(num * batch, dim)
+    outputs = model.decode(flat) if dropout_key is None else model.decode(flat, dropout_key)
+    x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
+    log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
+    log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
+    return log_px_z, log_pz
+
+
 def importance_log_weights(
     model: Any,
     x: jax.Array,
@@ -86,22 +111,14 @@ def importance_log_weights(
 ) -> tuple[jax.Array, jax.Array]:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) with z_s = mean + exp(logvar/2) * eps_s.
 
-    log p(x|z) comes from the model's own likelihood (model.nll), learned scales included.
-
     Args:
-      model: has decode(z [n, D][, dropout_key]) -> outputs and nll(outputs, x) -> [n] nats.
-      x: [B, H, W, C]; mean, logvar: [B, D]; eps: [S, B, D] standard normal.
-      dropout_key: the decoder's dropout key (training), None for a deterministic decoder.
+      x: [B, H, W, C]; mean, logvar: [B, D]; eps: [S, B, D] standard normal; model and
+      dropout_key as for decoder_log_probs.
     Returns:
       ([S, B] log-weights, [S, B] log p(x|z_s)).
     """
-    num, batch, dim = eps.shape
     z = mean + jnp.exp(0.5 * logvar) * eps
-    flat = z.reshape(num * batch, dim)
-    outputs = model.decode(flat) if dropout_key is None else model.decode(flat, dropout_key)
-    x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
-    log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
-    log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
+    log_px_z, log_pz = decoder_log_probs(model, x, z, dropout_key)
     # log q at its own sample: (z - mean)^2 / var = eps^2 exactly, with no cancellation.
     log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar + LOG_2PI, axis=-1)
     return log_px_z + log_pz - log_qz, log_px_z

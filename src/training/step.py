@@ -40,7 +40,14 @@ from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
 from src.training.kl import free_bits_kl, kl_weight_from_config
-from src.training.losses import LOG_2PI, gaussian_kl, importance_log_weights, iwae_bound, vae_terms
+from src.training.losses import (
+    decoder_log_probs,
+    gaussian_kl,
+    importance_log_weights,
+    iwae_bound,
+    log_normal_diag,
+    vae_terms,
+)
 from src.training.state import TrainState
 from src.utils.parallel import AXIS, split_on_devices
 
@@ -142,16 +149,8 @@ def iwae_grads(
     q_mean, q_logvar = jax.lax.stop_gradient((mean, logvar))
 
     def log_weights(p: Any, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-        model = nnx.merge(graphdef, p)
-        num, batch, dim = z.shape
-        outputs = model.decode(z.reshape(num * batch, dim), k_dec)
-        x_rep = jnp.broadcast_to(x, (num, *x.shape)).reshape(num * batch, *x.shape[1:])
-        log_px_z = -model.nll(outputs, x_rep).reshape(num, batch)
-        log_pz = -0.5 * jnp.sum(jnp.square(z) + LOG_2PI, axis=-1)
-        log_qz = -0.5 * jnp.sum(
-            jnp.square(z - q_mean) * jnp.exp(-q_logvar) + q_logvar + LOG_2PI, axis=-1
-        )
-        return log_px_z + log_pz - log_qz, log_px_z
+        log_px_z, log_pz = decoder_log_probs(nnx.merge(graphdef, p), x, z, k_dec)
+        return log_px_z + log_pz - log_normal_diag(z, q_mean, q_logvar), log_px_z
 
     log_w, w_vjp, log_px_z = jax.vjp(log_weights, params, z, has_aux=True)
     normalized = jax.nn.softmax(log_w, axis=0)  # w~_s, [k, batch]
