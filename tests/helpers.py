@@ -125,3 +125,18 @@ def write_idx_dataset(
     for role, array in arrays.items():
         write_idx(directory / (IDX_FILES[role] + (".gz" if gz else "")), array)
     return arrays
+
+
+def inject_nan_at(monkeypatch: Any, calls: set[int]) -> None:
+    """Replaces the batches of the given step indices (0-based) with NaN, in this process only."""
+    from src.data import batches
+
+    original = batches.take_batch
+    counter = {"n": 0}
+
+    def take_batch(*args: Any, **kwargs: Any) -> Any:
+        batch = original(*args, **kwargs)
+        n, counter["n"] = counter["n"], counter["n"] + 1
+        return batch * np.nan if n in calls else batch
+
+    monkeypatch.setattr(batches, "take_batch", take_batch)

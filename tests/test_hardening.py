@@ -21,7 +21,7 @@ from src.utils.config import load_config, save_config
 from src.utils.errors import ConfigError, DataError, RunDirError
 from src.utils.io import read_json
 from src.utils.rundir import lock_run, prepare, run_paths
-from tests.helpers import BASELINE, REPO, TINY
+from tests.helpers import BASELINE, REPO, TINY, inject_nan_at
 
 
 def cli_args(workdir: Path, run_id: str, *extra: str) -> list[str]:
@@ -374,23 +374,6 @@ def test_a_300_character_run_id_is_refused_naming_the_limit(tmp_path):
 
 
 # --- 11. nan_policy skip does not hide a divergence.
-
-
-def inject_nan_at(monkeypatch, calls: set[int]) -> None:
-    """Replaces the batches of the given step indices (0-based) with NaN, in this process only."""
-    import numpy as np
-
-    from src.data import batches
-
-    original = batches.take_batch
-    counter = {"n": 0}
-
-    def take_batch(*args, **kwargs):
-        batch = original(*args, **kwargs)
-        n, counter["n"] = counter["n"], counter["n"] + 1
-        return batch * np.nan if n in calls else batch
-
-    monkeypatch.setattr(batches, "take_batch", take_batch)
 
 
 def test_skipping_more_than_the_allowed_share_of_steps_fails_the_run(tmp_path, monkeypatch, capsys):

@@ -31,6 +31,7 @@ from tests.helpers import (
     BASELINE,
     REPO,
     TINY,
+    inject_nan_at,
     read_state,
     run_script,
     script_env,
@@ -179,19 +180,6 @@ def test_second_signal_exits_at_once_leaving_complete_files(tmp_path):
     assert step >= first and int(state["step"]) == step
     result = run_script("train.py", f"--workdir={tmp_path}", "--run_id=s", "--resume")
     assert result.returncode == 0, result.stderr
-
-
-def inject_nan_at(monkeypatch, calls: set[int]) -> None:
-    """Replaces the batches of the given step indices (0-based) with NaN, in this process only."""
-    original = batches.take_batch
-    counter = {"n": 0}
-
-    def take_batch(*args, **kwargs):
-        batch = original(*args, **kwargs)
-        n, counter["n"] = counter["n"], counter["n"] + 1
-        return batch * np.nan if n in calls else batch
-
-    monkeypatch.setattr(batches, "take_batch", take_batch)
 
 
 def at_batch(monkeypatch, call: int, action) -> None:

@@ -97,7 +97,8 @@ def reference_step(cfg: Any, steps: int) -> Callable[[], float]:
     tcfg = cfg.training
     splits = load_splits(cfg.data)
     batch = np.asarray(splits.train[: tcfg.batch_size])
-    model = build_model(cfg.model, batch.shape[1:], nnx.Rngs(params=derive_keys(0)["init"]))
+    init_key = derive_keys(tcfg.seed)["init"]
+    model = build_model(cfg.model, batch.shape[1:], nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
     tx, _ = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs)
     opt_state = tx.init(params)
@@ -250,7 +251,8 @@ def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
 
     splits = load_splits(cfg.data)
     x = splits.test[:num_images]
-    model = build_model(cfg.model, x.shape[1:], nnx.Rngs(params=derive_keys(0)["init"]))
+    init_key = derive_keys(cfg.training.seed)["init"]
+    model = build_model(cfg.model, x.shape[1:], nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
     mesh = make_mesh(jax.local_devices())
     params = jax.device_put(params, replicated(mesh))
