@@ -143,7 +143,7 @@ def _prior_seconds(trials: Sequence[Trial], workdir: Path) -> list[float]:
     """Wall times in runs.csv of earlier runs of these trials (interrupted or completed)."""
     rows = read_rows(workdir / RUN_INDEX_FILE)
     found = (summary.wall_seconds(rows, t.run_id) for t in trials)
-    return [s for s in found if s]
+    return [s for s in found if s is not None]
 
 
 def sweep_main(argv: Sequence[str]) -> int:
