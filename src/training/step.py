@@ -166,10 +166,14 @@ def global_mean(tree: Any, axis: str | None) -> Any:
     return tree if axis is None else jax.lax.pmean(tree, axis)
 
 
-def guard_nonfinite(
-    old: TrainState, new: TrainState, metrics: dict[str, jax.Array], nan_policy: str
+def apply_if_finite(
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    grads: Any,
+    metrics: dict[str, jax.Array],
+    nan_policy: str,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Keeps old's params and optimizer state when loss or grad_norm is not finite.
+    """The optimizer update of state by grads, applied only when loss and grad_norm are finite.
 
     nan_policy "skip": the step counter still advances (the next step sees the next batch and
     key) and the metrics of the dropped step are zeroed, so interval sums stay finite.
@@ -177,27 +181,30 @@ def guard_nonfinite(
     the offending values for the run record. Because state.step then lags behind the step
     number, the later steps of the run are no-ops (src/training/multistep.py) until the loop
     sees the lag at its next boundary and stops.
-    Adds metrics["nonfinite"] (float32 0 or 1). A finite step returns new unchanged.
+    Adds metrics["nonfinite"] (float32 0 or 1).
 
+    The update runs inside lax.cond, so a finite step costs one scalar test instead of a
+    select over params and both Adam moments (and the state's buffers are updated in place).
     Not optax.apply_if_finite: it checks the gradients only (not the loss), adds counters to
     the optimizer state (a different checkpoint structure: saved runs would not restore), and
     cannot hold the step counter back for nan_policy stop.
     """
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
 
-    def keep(n: jax.Array, o: jax.Array) -> jax.Array:
-        return jnp.where(finite, n, o)
+    def update(state: TrainState) -> tuple[Any, Any]:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
 
-    step = new.step if nan_policy == "skip" else keep(new.step, old.step)
-    state = TrainState(
-        step,
-        jax.tree.map(keep, new.params, old.params),
-        jax.tree.map(keep, new.opt_state, old.opt_state),
+    params, opt_state = jax.lax.cond(
+        finite, update, lambda state: (state.params, state.opt_state), state
     )
+    step = state.step + 1
+    if nan_policy == "stop":
+        step = jnp.where(finite, step, state.step)
     if nan_policy == "skip":
         metrics = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), metrics)
     metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.float32)
-    return state, metrics
+    return TrainState(step, params, opt_state), metrics
 
 
 def make_train_step(
@@ -224,7 +231,7 @@ def make_train_step(
     objective iwae (k > 1): loss = -mean L_k (see iwae_grads); kl must then be the plain ELBO's
     (beta 1, no warm-up or free bits: checked with the config).
 
-    A step whose loss or gradient norm is not finite is dropped (see guard_nonfinite) and
+    A step whose loss or gradient norm is not finite is dropped (see apply_if_finite) and
     flagged with metrics["nonfinite"] = 1.
     """
     samples = objective.samples if objective.is_iwae else 1
@@ -277,14 +284,10 @@ def make_train_step(
         else:
             grads, metrics = jax.grad(loss_fn, has_aux=True)(params, x, eps, weight, key, axis)
         grads, metrics = global_mean((grads, metrics), axis)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         metrics["kl_weight"] = weight
-        return guard_nonfinite(
-            state, TrainState(state.step + 1, params, opt_state), metrics, nan_policy
-        )
+        return apply_if_finite(tx, state, grads, metrics, nan_policy)
 
     def on_global_batch(body: Callable) -> StepFn:
         """(state, batch, key) -> body(state, x, eps, dropout_key), noise drawn for the batch."""
