@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The MNIST and Fashion-MNIST experiments of EXPERIMENTS.md (011 to 016), in the order they were
+# The MNIST and Fashion-MNIST experiments of EXPERIMENTS.md (011 to 017), in the order they were
 # run, on the committed code. Usage: scripts/experiments/mnist.sh DATA_DIR [WORKDIR] [PART ...]
 #   DATA_DIR holds mnist/ and fashion_mnist/ (scripts/download_data.py, or
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
-#   iwae curve seeds iwae50 fashion latent reg width nll5000 long.
+#   iwae curve seeds iwae50 fashion latent reg width nll5000 long families.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -12,7 +12,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -111,6 +111,12 @@ for part in $PARTS; do
         fi
       done
       evaluate vae-s42 5000 nll5000_e200 ;;
+    families)  # 017: MLP, conv and transformer at ~229k parameters each, 20 epochs
+      for m in mlp conv transformer; do
+        train "family-$m-s42" $E/mnist_families.yaml --model=$m --config.data.dir="$DATA/mnist" \
+          --config.training.epochs=20
+        evaluate "family-$m-s42" 1000 nll1000_e20
+      done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
