@@ -146,7 +146,13 @@ def test_benchmark_writes_well_formed_json(tmp_path):
     ref = data["reference"]
     assert ref["bare_over_reference"] == pytest.approx(data["steps_per_s"] / ref["steps_per_s"])
     assert f"ratio {ref['bare_over_reference']:.3f}" in result.stderr.splitlines()[-1]
-    assert data["iwae"]["images"] == 40 and data["iwae"]["finite"] and data["iwae"]["seconds"] > 0
+    iwae = data["iwae"]
+    assert iwae["images"] == 40 and iwae["finite"] and iwae["seconds"] > 0
+    # The decoder 4-32-(64 pixels x levels) does at least the FLOPs of a 4-32-64 MLP.
+    assert iwae["decoder_flops_per_sample"] >= 2 * (4 * 32 + 32 * 64)
+    assert iwae["floor_s"] == pytest.approx(iwae["matmul_floor_s"] + iwae["likelihood_floor_s"])
+    assert iwae["matmul_floor_s"] > 0 and iwae["likelihood_floor_s"] > 0
+    assert iwae["over_floor"] == pytest.approx(iwae["seconds"] / iwae["floor_s"])
 
 
 def test_benchmark_refuses_bad_flags(tmp_path):

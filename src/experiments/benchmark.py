@@ -240,8 +240,43 @@ def loop_run(cfg: Any, workdir: Path, run_id: str) -> dict[str, Any]:
     }
 
 
-def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
-    """Wall time of the IWAE bound (eval.iwae_samples, eval.iwae_chunk) on num_images test images.
+def iwae_floor(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    x: np.ndarray,
+    latent_dim: int,
+    samples: int,
+    rows: int,
+    ceiling: float,
+) -> dict[str, float]:
+    """The least time an IWAE pass over x with `samples` samples per image can take here: the
+    decoder's FLOPs (XLA's count for one call of `rows` rows) over the matmul ceiling, plus the
+    likelihood's elementwise work (the best measured time of model.nll on `rows` rows)."""
+    z = jnp.zeros((rows, latent_dim), jnp.float32)
+    decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
+    flops = xla_flops(decode.lower(params, z).compile()) or 0.0
+    outputs = decode(params, z)
+    images = jnp.broadcast_to(jnp.asarray(x[:1]), (rows, *x.shape[1:]))
+    nll = jax.jit(lambda p, o, x: nnx.merge(graphdef, p).nll(o, x))
+    nll(params, outputs, images).block_until_ready()
+    times = []
+    for _ in range(5):
+        tic = time.perf_counter()
+        nll(params, outputs, images).block_until_ready()
+        times.append(time.perf_counter() - tic)
+    calls = len(x) * samples / rows
+    matmul_s, likelihood_s = flops * calls / ceiling, min(times) * calls
+    return {
+        "decoder_flops_per_sample": flops / rows,
+        "matmul_floor_s": matmul_s,
+        "likelihood_floor_s": likelihood_s,
+        "floor_s": matmul_s + likelihood_s,
+    }
+
+
+def iwae_seconds(cfg: Any, num_images: int, ceiling: float) -> dict[str, Any]:
+    """Wall time of the IWAE bound (eval.iwae_samples, eval.iwae_chunk) on num_images test images,
+    and its floor on this machine (iwae_floor, from `ceiling` FLOP/s).
 
     The code path of scripts/evaluate.py (make_posterior_step over eval.batch_size batches),
     with freshly initialized parameters: the cost does not depend on their values. The first
@@ -270,6 +305,10 @@ def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
     tic = time.perf_counter()
     out = posterior_pass(step, params, x, cfg.eval.batch_size, keys, split)
     total = time.perf_counter() - tic
+    rows = cfg.eval.batch_size * cfg.eval.iwae_chunk  # decoder rows per chunk of one call
+    floor = iwae_floor(
+        graphdef, params, x, cfg.model.latent_dim, cfg.eval.iwae_samples, rows, ceiling
+    )
     return {
         "images": len(x),
         "samples": cfg.eval.iwae_samples,
@@ -278,6 +317,8 @@ def iwae_seconds(cfg: Any, num_images: int) -> dict[str, Any]:
         "first_batch_with_compile_s": first,
         "seconds": total,
         "finite": bool(np.isfinite(out["log_px"]).all()),
+        **floor,
+        "over_floor": total / floor["floor_s"],
     }
 
 
@@ -380,7 +421,7 @@ def run_benchmark(
         },
         "checkpoint_share": share(per_save),
         "checkpoint_share_blocking_only": share(bare["checkpoint_save_blocking_s"]),
-        "iwae": iwae_seconds(cfg, iwae_images) if iwae_images else None,
+        "iwae": iwae_seconds(cfg, iwae_images, ceiling["flops_per_s"]) if iwae_images else None,
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_device_bytes": memory.get("peak_bytes_in_use"),
         "jax": jax.__version__,
