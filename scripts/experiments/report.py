@@ -176,6 +176,28 @@ def main() -> None:
             fashion.append(f"| {name} | " + fmt(row(record)) + " |")
     table("016 Fashion-MNIST, 784-500-20, 50 epochs", "estimate", fashion)
 
+    families = []
+    for data, prefix in (("MNIST", "family"), ("Fashion-MNIST", "fashion-family")):
+        for model in ("mlp", "conv", "transformer"):
+            for seed in (42, 43, 44):
+                run_id = f"{prefix}-{model}-s{seed}"
+                for name in ("nll1000_e20", "nll5000_e20"):
+                    record = load(runs / run_id, name)
+                    if record:
+                        r = row(record)
+                        params = json.loads((runs / run_id / "metrics.json").read_text())
+                        families.append(
+                            f"| {data} | {model} | {seed} | {params['param_count']:,} | "
+                            f"{train_minutes(args.workdir, run_id):.1f} | {r['k']} | "
+                            + fmt(r)
+                            + " |"
+                        )
+    table(
+        "017 families at about 229k parameters, 20 epochs",
+        "data | family | seed | parameters | train min | k",
+        families,
+    )
+
     if args.figures:
         draw(args.figures, points, dims)
 
