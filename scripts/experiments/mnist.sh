@@ -4,7 +4,8 @@
 #   DATA_DIR holds mnist/ and fashion_mnist/ (scripts/download_data.py, or
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
-#   iwae curve seeds iwae50 fashion latent reg width nll5000 long families.
+#   iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds
+#   fashion_families.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -12,7 +13,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -116,6 +117,20 @@ for part in $PARTS; do
         train "family-$m-s42" $E/mnist_families.yaml --model=$m --config.data.dir="$DATA/mnist" \
           --config.training.epochs=20
         evaluate "family-$m-s42" 1000 nll1000_e20
+      done ;;
+    family_seeds)  # 017: seeds 43 and 44 of the MLP and conv families
+      for m in mlp conv; do
+        for seed in 43 44; do
+          train "family-$m-s$seed" $E/mnist_families.yaml --model=$m \
+            --config.data.dir="$DATA/mnist" --config.training.epochs=20 --config.training.seed=$seed
+          evaluate "family-$m-s$seed" 1000 nll1000_e20
+        done
+      done ;;
+    fashion_families)  # 017: the MLP and conv families on Fashion-MNIST, 20 epochs
+      for m in mlp conv; do
+        train "fashion-family-$m-s42" $E/mnist_families.yaml --model=$m --data=fashion_mnist \
+          --config.data.dir="$DATA/fashion_mnist" --config.training.epochs=20
+        evaluate "fashion-family-$m-s42" 1000 nll1000_e20
       done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
