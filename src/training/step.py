@@ -166,6 +166,46 @@ def global_mean(tree: Any, axis: str | None) -> Any:
     return tree if axis is None else jax.lax.pmean(tree, axis)
 
 
+def elbo_grads(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    x: jax.Array,
+    eps: jax.Array,
+    key: jax.Array,
+    weight: jax.Array,
+    kl: Any,
+    axis: str | None,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradient of the ELBO loss recon + weight * sum_d max(free_bits, KL_d) and the metrics;
+    eps [batch, D], kl the `training.kl` section, axis as in global_mean.
+
+    Free bits floor each dimension's batch-mean KL (src/training/kl.py); which dimensions are
+    above the floor is decided from the global batch's mean, with no gradient through the
+    decision. elbo = -(recon + sum_d KL_d) is logged whatever the weight and floor.
+    """
+
+    def loss_fn(p: Any) -> tuple[jax.Array, dict]:
+        terms = vae_terms(nnx.merge(graphdef, p), x, eps, key)
+        recon = terms.recon.mean()
+        kl_per_dim = terms.kl_per_dim.mean(axis=0)
+        kl_sum = kl_per_dim.sum()
+        if kl.free_bits > 0:
+            global_kl = global_mean(jax.lax.stop_gradient(kl_per_dim), axis)
+            kl_term = free_bits_kl(kl_per_dim, kl.free_bits, global_kl > kl.free_bits)
+        else:
+            kl_term = kl_sum
+        loss = recon + weight * kl_term
+        return loss, {
+            "loss": loss,
+            "recon": recon,
+            "kl": kl_sum,
+            "elbo": -(recon + kl_sum),
+            "kl_per_dim": kl_per_dim,
+        }
+
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+
 def apply_if_finite(
     tx: optax.GradientTransformation,
     state: TrainState,
@@ -225,8 +265,8 @@ def make_train_step(
     batch: [global_batch, ...] split over the mesh on its leading axis; key: the step's key.
 
     kl is the `training.kl` section: the KL weight w(step) is computed inside the step from
-    state.step, and free bits floor each dimension's batch-mean KL (src/training/kl.py).
-    loss = recon + w * sum_d max(free_bits, KL_d) is optimized; elbo = -(recon + sum_d KL_d).
+    state.step; the ELBO objective then optimizes recon + w * sum_d max(free_bits, KL_d)
+    (see elbo_grads).
 
     objective iwae (k > 1): loss = -mean L_k (see iwae_grads); kl must then be the plain ELBO's
     (beta 1, no warm-up or free bits: checked with the config).
@@ -235,34 +275,6 @@ def make_train_step(
     flagged with metrics["nonfinite"] = 1.
     """
     samples = objective.samples if objective.is_iwae else 1
-
-    def loss_fn(
-        params: Any,
-        x: jax.Array,
-        eps: jax.Array,
-        weight: jax.Array,
-        key: jax.Array,
-        axis: str | None,
-    ) -> tuple[jax.Array, dict]:
-        terms = vae_terms(nnx.merge(graphdef, params), x, eps, key)
-        recon = terms.recon.mean()
-        kl_per_dim = terms.kl_per_dim.mean(axis=0)
-        kl_sum = kl_per_dim.sum()
-        if kl.free_bits > 0:
-            # The floor acts on the global batch mean: decide which dimensions are above it
-            # from that mean (no gradient flows through the decision).
-            global_kl = global_mean(jax.lax.stop_gradient(kl_per_dim), axis)
-            kl_term = free_bits_kl(kl_per_dim, kl.free_bits, global_kl > kl.free_bits)
-        else:
-            kl_term = kl_sum
-        loss = recon + weight * kl_term
-        return loss, {
-            "loss": loss,
-            "recon": recon,
-            "kl": kl_sum,
-            "elbo": -(recon + kl_sum),
-            "kl_per_dim": kl_per_dim,
-        }
 
     def body(
         state: TrainState, x: jax.Array, eps: jax.Array, key: jax.Array, axis: str | None = None
@@ -282,7 +294,7 @@ def make_train_step(
         if objective.is_iwae:
             grads, metrics = iwae_grads(graphdef, params, x, eps, key, objective.gradient)
         else:
-            grads, metrics = jax.grad(loss_fn, has_aux=True)(params, x, eps, weight, key, axis)
+            grads, metrics = elbo_grads(graphdef, params, x, eps, key, weight, kl, axis)
         grads, metrics = global_mean((grads, metrics), axis)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
