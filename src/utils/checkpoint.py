@@ -230,10 +230,13 @@ def close(manager: ocp.CheckpointManager) -> None:
             raise
 
 
-# How storage failures read when Orbax/TensorStore wrap them in other exception types.
-STORAGE_MESSAGES = re.compile(
-    r"No space left|Read-only file system|Permission denied|Disk quota|os_error_code"
+# The operating system's reasons for a failed write, as they read inside the messages of the
+# exception types Orbax/TensorStore wrap them in.
+OS_REASONS = re.compile(
+    r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded"
 )
+# ... and any message that carries an OS error code (TensorStore's form).
+STORAGE_MESSAGES = re.compile(OS_REASONS.pattern + "|os_error_code")
 
 
 def is_storage_failure(e: BaseException) -> bool:
@@ -244,11 +247,6 @@ def is_storage_failure(e: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-OS_REASONS = re.compile(
-    r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded"
-)
 
 
 def _storage_reason(e: BaseException) -> str:
