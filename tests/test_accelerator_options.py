@@ -68,7 +68,7 @@ def test_bfloat16_training_keeps_float32_state_and_learns():
     state, x = init_state(params, tx), digits(16)
     losses = []
     for i in range(60):
-        state, metrics = step(state, x, jax.random.key(i))
+        state, metrics = step(state, x, jax.random.key(i), True)
         losses.append(float(metrics["loss"]))
     assert all(
         leaf.dtype == jnp.float32

@@ -41,7 +41,7 @@ def train_steps(overrides: list[str], steps: int = 3) -> tuple[list[dict], dict]
     x = jax.random.uniform(jax.random.key(0), (8, *SHAPE))
     metrics = []
     for i in range(steps):
-        state, m = step(state, x, jax.random.key(i))
+        state, m = step(state, x, jax.random.key(i), True)
         metrics.append(jax.device_get(m))
     return metrics, jax.device_get(state.params)
 

@@ -116,7 +116,7 @@ def one_step_metrics(overrides: list[str], steps: int) -> list[dict]:
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
     out = []
     for i in range(steps):
-        state, metrics = step(state, x, jax.random.key(i))
+        state, metrics = step(state, x, jax.random.key(i), True)
         out.append(jax.device_get(metrics))
     return out
 

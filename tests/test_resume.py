@@ -295,7 +295,7 @@ def test_a_nonfinite_step_leaves_params_and_optimizer_state(policy, next_step):
     old = small_state(1.0)
     grads = {"w": jnp.full((3,), 0.5, jnp.float32)}
     bad = {"loss": jnp.float32(np.nan), "grad_norm": jnp.float32(1.0), "kl": jnp.float32(3.0)}
-    state, out = apply_if_finite(tx, old, grads, dict(bad), policy)
+    state, out = apply_if_finite(tx, old, grads, dict(bad), policy, jnp.bool_(True))
     assert int(state.step) == next_step and float(out["nonfinite"]) == 1.0
     for got, want in zip(jax.tree.leaves(state[1:]), jax.tree.leaves(old[1:]), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -303,12 +303,27 @@ def test_a_nonfinite_step_leaves_params_and_optimizer_state(policy, next_step):
     assert float(out["kl"]) == expected_kl
 
     good = {**bad, "loss": jnp.float32(0.5)}
-    state, out = apply_if_finite(tx, old, grads, good, policy)
+    state, out = apply_if_finite(tx, old, grads, good, policy, jnp.bool_(True))
     assert int(state.step) == 8 and float(out["nonfinite"]) == 0.0
     updates, opt_state = tx.update(grads, old.opt_state, old.params)
     want = (optax.apply_updates(old.params, updates), opt_state)
     for got, expected in zip(jax.tree.leaves(state[1:]), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6)  # compiled vs op by op: 1 ulp
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_an_inactive_step_leaves_the_state_as_it_is(policy):
+    import jax.numpy as jnp
+    import optax
+
+    from src.training.step import apply_if_finite
+
+    old = small_state(1.0)
+    grads = {"w": jnp.full((3,), 0.5, jnp.float32)}
+    good = {"loss": jnp.float32(0.5), "grad_norm": jnp.float32(1.0)}
+    state, _ = apply_if_finite(optax.adam(0.1), old, grads, good, policy, jnp.bool_(False))
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(old), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_interval_survives_json_bit_for_bit():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,15 @@ def timer(cfg: Any, module: ModuleType, steps: int) -> tuple[Callable[[], float]
         run = setup_module.setup(cfg)
     finally:
         setup_module.make_train_step = step_module.make_train_step
-    step, batch = run.train_step, run.batches(0)
+    batch, train_step = run.batches(0), run.train_step
+    # This tree's step takes `active` (True: apply the update); older ones do not.
+    takes_active = len(inspect.signature(train_step).parameters) == 4
+
+    def step(state: Any, batch: jax.Array, key: jax.Array) -> tuple:
+        return (
+            train_step(state, batch, key, True) if takes_active else train_step(state, batch, key)
+        )
+
     keys = [jax.random.fold_in(run.keys["train"], s) for s in range(steps)]
     state, metrics = step(run.state, batch, keys[0])  # compiles
     latest: dict[str, Any] = {"state": jax.block_until_ready(state), "metrics": metrics}

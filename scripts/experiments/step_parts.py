@@ -39,7 +39,7 @@ from src.training.setup import setup  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
 
-def unguarded(tx, state, grads, metrics, nan_policy):
+def unguarded(tx, state, grads, metrics, nan_policy, active):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     metrics["nonfinite"] = jnp.float32(0)
     params = optax.apply_updates(state.params, updates)
@@ -66,7 +66,8 @@ def timer(cfg: Any, steps: int) -> Callable[[], float]:
     run = setup(cfg)
     step, batch = run.train_step, run.batches(0)
     keys = [jax.random.fold_in(run.keys["train"], s) for s in range(steps)]
-    state, metrics = step(run.state, batch, keys[0])  # compiles under the replacement
+    active = jnp.bool_(True)
+    state, metrics = step(run.state, batch, keys[0], active)  # compiles under the replacement
     jax.block_until_ready(metrics)
     current = {"state": state}
 
@@ -74,7 +75,7 @@ def timer(cfg: Any, steps: int) -> Callable[[], float]:
         state = current["state"]
         tic = time.perf_counter()
         for k in keys:
-            state, metrics = step(state, batch, k)
+            state, metrics = step(state, batch, k, active)
         jax.block_until_ready((state, metrics))
         current["state"] = state
         return steps / (time.perf_counter() - tic)

@@ -153,12 +153,13 @@ def bare_step(
 
     tic = time.perf_counter()
     jitted: Any = run.train_step  # a jax.jit function; its type alias hides .lower
-    lowered = jitted.lower(state, batch, key)
+    active = jnp.bool_(True)  # a step that applies its update, as every loop step before a stop
+    lowered = jitted.lower(state, batch, key, active)
     lower_s = time.perf_counter() - tic
     tic = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - tic
-    state, metrics = compiled(state, batch, key)
+    state, metrics = compiled(state, batch, key, active)
     jax.block_until_ready(metrics)
     time_to_first_step = time.perf_counter() - started
 
@@ -169,7 +170,7 @@ def bare_step(
         nonlocal state, metrics
         tic = time.perf_counter()
         for k in step_keys:
-            state, metrics = compiled(state, batch, k)
+            state, metrics = compiled(state, batch, k, active)
         jax.block_until_ready((state, metrics))
         return steps / (time.perf_counter() - tic)
 

@@ -57,7 +57,7 @@ def step_analysis(
     )
     key = jax.eval_shape(lambda: jax.random.key(0))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated(mesh))
-    compiled = cast(Any, train_step).lower(state, batch, key).compile()  # a jax.jit function
+    compiled = cast(Any, train_step).lower(state, batch, key, True).compile()  # a jax.jit function
     try:
         memory = compiled.memory_analysis()
     except Exception:  # not every backend implements it

@@ -68,17 +68,17 @@ def make_multi_step(
         def one(carry: tuple, inputs: tuple) -> tuple[tuple, None]:
             state, sums, last = carry
             i, x = inputs
-            new, metrics = train_step(state, x, jax.random.fold_in(train_key, first + i))
+            # nan_policy stop: once a step was non-finite, state.step lags behind the step
+            # number (any(): a pmap-stacked state has one counter per device) and the step
+            # leaves the state as it is (its update sits in a lax.cond; the forward and
+            # backward passes stay outside, where XLA on CPU runs convolutions fastest).
+            halted = jnp.any(state.step != first + i) if stop else jnp.bool_(False)
+            key = jax.random.fold_in(train_key, first + i)
+            new, metrics = train_step(state, x, key, jnp.logical_not(halted))
             seen = {k: metrics[k] for k in LAST}
             bad = jnp.bool_(False)
             if stop:
-                # An earlier step was non-finite (any(): a pmap-stacked state has one step
-                # counter per device). Selected with where, not lax.cond: XLA on CPU runs
-                # convolutions inside a conditional's branch several times slower.
-                halted = jnp.any(state.step != first + i)
-                new, seen = jax.tree.map(
-                    lambda o, n: jnp.where(halted, o, n), (state, last), (new, seen)
-                )
+                seen = jax.tree.map(lambda o, n: jnp.where(halted, o, n), last, seen)
                 bad = halted | (metrics["nonfinite"] > 0)
             added = jax.tree.map(lambda s, m: jnp.where(bad, s, s + m), sums, metrics)
             return (new, added, seen), None
@@ -101,7 +101,7 @@ def make_multi_step(
     ) -> tuple[TrainState, Metrics, Metrics]:
         if "start" not in zeros:  # 0 + m == m exactly, so starting from zeros keeps sums bit-equal
             one_batch = jax.ShapeDtypeStruct((batch_size, *batches.shape[1:]), batches.dtype)
-            shapes = jax.eval_shape(train_step, state, one_batch, train_key)[1]
+            shapes = jax.eval_shape(train_step, state, one_batch, train_key, True)[1]
             # Replicated over the mesh, as the call's outputs are: one compilation.
             sharding = NamedSharding(mesh, P())
             zeros["start"] = jax.device_put(

@@ -49,7 +49,7 @@ class Setup(NamedTuple):
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     state: TrainState  # the initial state, replicated over the mesh (the canonical layout)
-    train_step: StepFn  # (state, batch, key) -> (state, metrics), for parallel.backend
+    train_step: StepFn  # (state, batch, key, active) -> (state, metrics), for parallel.backend
     eval_step: Callable[..., dict[str, jax.Array]]  # (params, batch, mask, key) -> sums
 
 

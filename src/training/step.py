@@ -1,6 +1,6 @@
 """The pure, jit-compiled train and eval steps.
 
-train_step(state, batch, key) -> (state, metrics). `backend` picks how the step is spread over
+train_step(state, batch, key, active) -> (state, metrics). `backend` picks how the step is spread over
 the devices of the mesh axis "data":
 
 - jit (default): one program over the global batch, state replicated and batch split on its
@@ -52,7 +52,9 @@ from src.training.state import TrainState
 from src.utils.parallel import AXIS, split_on_devices
 
 DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from split(key)
-StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+StepFn = Callable[
+    [TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]
+]
 
 
 class Objective(NamedTuple):
@@ -212,8 +214,11 @@ def apply_if_finite(
     grads: Any,
     metrics: dict[str, jax.Array],
     nan_policy: str,
+    active: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """The optimizer update of state by grads, applied only when loss and grad_norm are finite.
+    """The optimizer update of state by grads, applied only when loss and grad_norm are finite
+    and `active` (a bool scalar) is true. An inactive step returns state unchanged: the no-op
+    steps after a stop (src/training/multistep.py).
 
     nan_policy "skip": the step counter still advances (the next step sees the next batch and
     key) and the metrics of the dropped step are zeroed, so interval sums stay finite.
@@ -230,17 +235,17 @@ def apply_if_finite(
     cannot hold the step counter back for nan_policy stop.
     """
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    apply = finite & active
 
     def update(state: TrainState) -> tuple[Any, Any]:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), opt_state
 
     params, opt_state = jax.lax.cond(
-        finite, update, lambda state: (state.params, state.opt_state), state
+        apply, update, lambda state: (state.params, state.opt_state), state
     )
-    step = state.step + 1
-    if nan_policy == "stop":
-        step = jnp.where(finite, step, state.step)
+    advance = apply if nan_policy == "stop" else active
+    step = jnp.where(advance, state.step + 1, state.step)
     if nan_policy == "skip":
         metrics = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), metrics)
     metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.float32)
@@ -262,7 +267,9 @@ def make_train_step(
 ) -> StepFn:
     """Builds the compiled step for `backend` (jit | shard_map | pmap); the state is donated.
 
-    batch: [global_batch, ...] split over the mesh on its leading axis; key: the step's key.
+    batch: [global_batch, ...] split over the mesh on its leading axis; key: the step's key;
+    active: a bool scalar, false for a step that must leave the state as it is (see
+    apply_if_finite).
 
     kl is the `training.kl` section: the KL weight w(step) is computed inside the step from
     state.step; the ELBO objective then optimizes recon + w * sum_d max(free_bits, KL_d)
@@ -277,7 +284,12 @@ def make_train_step(
     samples = objective.samples if objective.is_iwae else 1
 
     def body(
-        state: TrainState, x: jax.Array, eps: jax.Array, key: jax.Array, axis: str | None = None
+        state: TrainState,
+        x: jax.Array,
+        eps: jax.Array,
+        key: jax.Array,
+        active: jax.Array,
+        axis: str | None = None,
     ) -> tuple[TrainState, dict]:
         """One step on x: the global batch (jit, axis None), or this device's rows (shard_map
         and pmap, axis = the mesh axis, over which the body then averages itself)."""
@@ -299,14 +311,15 @@ def make_train_step(
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         metrics["kl_weight"] = weight
-        return apply_if_finite(tx, state, grads, metrics, nan_policy)
+        return apply_if_finite(tx, state, grads, metrics, nan_policy, active)
 
     def on_global_batch(body: Callable) -> StepFn:
-        """(state, batch, key) -> body(state, x, eps, dropout_key), noise drawn for the batch."""
+        """(state, batch, key, active) -> body(state, x, eps, dropout_key, active), noise drawn
+        for the batch."""
 
-        def step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
+        def step(state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array) -> tuple:
             x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
-            return body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM))
+            return body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM), active)
 
         return step
 
@@ -314,7 +327,7 @@ def make_train_step(
         replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
         return jax.jit(
             on_global_batch(body),
-            in_shardings=(replicated, split, replicated),
+            in_shardings=(replicated, split, replicated, replicated),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
@@ -322,7 +335,10 @@ def make_train_step(
     per_device = functools.partial(body, axis=AXIS)
     if backend == "shard_map":
         sharded = jax.shard_map(
-            per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P())
+            per_device,
+            mesh=mesh,
+            in_specs=(P(), P(AXIS), P(AXIS), P(), P()),
+            out_specs=(P(), P()),
         )
         return jax.jit(on_global_batch(sharded), donate_argnums=0)
 
@@ -331,7 +347,7 @@ def make_train_step(
     mapped = jax.pmap(
         per_device,
         axis_name=AXIS,
-        in_axes=(0, 0, 0, None),  # the dropout key is shared; the body folds in the device
+        in_axes=(0, 0, 0, None, None),  # the dropout key is shared; the body folds in the device
         devices=list(mesh.devices.flat),
         out_axes=(0, None),
         donate_argnums=0,
@@ -342,9 +358,9 @@ def make_train_step(
         x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
         return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
 
-    def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array) -> tuple:
+    def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array) -> tuple:
         dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
-        return mapped(state, *per_device_inputs(batch, key), dropout_key)
+        return mapped(state, *per_device_inputs(batch, key), dropout_key, active)
 
     return pmap_step
 
