@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -64,7 +64,7 @@ def timer(cfg: Any, module: ModuleType, steps: int) -> tuple[Callable[[], float]
         run = setup_module.setup(cfg)
     finally:
         setup_module.make_train_step = step_module.make_train_step
-    batch, train_step = run.batches(0), run.train_step
+    batch, train_step = run.batches(0), cast(Any, run.train_step)  # 3 or 4 arguments
     # This tree's step takes `active` (True: apply the update); older ones do not.
     takes_active = len(inspect.signature(train_step).parameters) == 4
 

@@ -52,8 +52,8 @@ from src.training.state import TrainState
 from src.utils.parallel import AXIS, split_on_devices
 
 DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from split(key)
-StepFn = Callable[
-    [TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]
+StepFn = Callable[  # (state, batch, key, active: a bool scalar or Python bool)
+    [TrainState, jax.Array, jax.Array, jax.Array | bool], tuple[TrainState, dict[str, jax.Array]]
 ]
 
 
@@ -214,7 +214,7 @@ def apply_if_finite(
     grads: Any,
     metrics: dict[str, jax.Array],
     nan_policy: str,
-    active: jax.Array,
+    active: jax.Array | bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The optimizer update of state by grads, applied only when loss and grad_norm are finite
     and `active` (a bool scalar) is true. An inactive step returns state unchanged: the no-op
@@ -288,7 +288,7 @@ def make_train_step(
         x: jax.Array,
         eps: jax.Array,
         key: jax.Array,
-        active: jax.Array,
+        active: jax.Array | bool,
         axis: str | None = None,
     ) -> tuple[TrainState, dict]:
         """One step on x: the global batch (jit, axis None), or this device's rows (shard_map
@@ -317,7 +317,9 @@ def make_train_step(
         """(state, batch, key, active) -> body(state, x, eps, dropout_key, active), noise drawn
         for the batch."""
 
-        def step(state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array) -> tuple:
+        def step(
+            state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array | bool
+        ) -> tuple:
             x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
             return body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM), active)
 
@@ -358,7 +360,9 @@ def make_train_step(
         x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
         return x.reshape(n, -1, *x.shape[1:]), eps.reshape(n, -1, *eps.shape[1:])
 
-    def pmap_step(state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array) -> tuple:
+    def pmap_step(
+        state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array | bool
+    ) -> tuple:
         dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
         return mapped(state, *per_device_inputs(batch, key), dropout_key, active)
 
