@@ -200,6 +200,12 @@ def main() -> None:
 
     if args.figures:
         draw(args.figures, points, dims)
+        kl = {}
+        for model in ("mlp", "conv", "transformer"):
+            record = load(runs / f"family-{model}-s42", "nll1000_e20")
+            if record:
+                kl[model] = sorted(record["kl_per_dim"], reverse=True)
+        draw_families(args.figures, kl)
 
 
 def draw(folder: Path, points: list[tuple[int, float]], dims: list) -> None:
@@ -232,6 +238,28 @@ def draw(folder: Path, points: list[tuple[int, float]], dims: list) -> None:
         ax.set_title("MNIST, 784-500-d, 10 epochs")
         fig.tight_layout()
         fig.savefig(folder / "mnist_latent_dims.png", dpi=120)
+
+
+def draw_families(folder: Path, kl: dict[str, list[float]]) -> None:
+    """KL per latent dimension (sorted) of the three families of Experiment 017."""
+    if not kl:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for model, values in kl.items():
+        ax.plot(range(1, len(values) + 1), values, "o-", markersize=3, label=model)
+    ax.set_yscale("log")
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("test KL per dimension (nats)")
+    ax.set_title("MNIST families, ~229k parameters, 20 epochs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "mnist_families_kl.png", dpi=120)
 
 
 if __name__ == "__main__":
