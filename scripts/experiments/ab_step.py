@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +34,7 @@ import numpy as np  # noqa: E402
 
 import src.training.setup as setup_module  # noqa: E402
 import src.training.step as step_module  # noqa: E402
-from src.experiments.benchmark import reference_step  # noqa: E402
+from src.experiments.benchmark import alternate, reference_step, step_timer  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
 
@@ -74,19 +73,7 @@ def timer(cfg: Any, module: ModuleType, steps: int) -> tuple[Callable[[], float]
         )
 
     keys = [jax.random.fold_in(run.keys["train"], s) for s in range(steps)]
-    state, metrics = step(run.state, batch, keys[0])  # compiles
-    latest: dict[str, Any] = {"state": jax.block_until_ready(state), "metrics": metrics}
-
-    def time_steps() -> float:
-        state = latest["state"]
-        tic = time.perf_counter()
-        for k in keys:
-            state, metrics = step(state, batch, k)
-        jax.block_until_ready((state, metrics))
-        latest.update(state=state, metrics=metrics)
-        return steps / (time.perf_counter() - tic)
-
-    return time_steps, latest
+    return step_timer(step, run.state, batch, keys)
 
 
 def same_bits(a: Any, b: Any) -> bool:
@@ -111,10 +98,7 @@ def main() -> int:
     time_new, latest_new = timer(cfg, step_module, args.steps)
     timers = {args.commit: time_old, "this tree": time_new}
     timers["reference"] = reference_step(cfg, args.steps)
-    runs: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(args.repeats):
-        for name, time_steps in timers.items():
-            runs[name].append(time_steps())
+    runs = alternate(timers, args.repeats)
     reference = statistics.median(runs["reference"])
     for name, rates in runs.items():
         rate = statistics.median(rates)

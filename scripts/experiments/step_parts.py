@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import src.training.step as step_module  # noqa: E402
-from src.experiments.benchmark import reference_step  # noqa: E402
+from src.experiments.benchmark import alternate, reference_step, step_timer  # noqa: E402
 from src.training.setup import setup  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
@@ -64,23 +63,12 @@ def replaced(obj: Any, name: str, value: Any) -> Iterator[None]:
 def timer(cfg: Any, steps: int) -> Callable[[], float]:
     """The step of cfg as it is built now, compiled; returns time_steps() -> steps/s."""
     run = setup(cfg)
-    step, batch = run.train_step, run.batches(0)
     keys = [jax.random.fold_in(run.keys["train"], s) for s in range(steps)]
-    active = jnp.bool_(True)
-    state, metrics = step(run.state, batch, keys[0], active)  # compiles under the replacement
-    jax.block_until_ready(metrics)
-    current = {"state": state}
 
-    def time_steps() -> float:
-        state = current["state"]
-        tic = time.perf_counter()
-        for k in keys:
-            state, metrics = step(state, batch, k, active)
-        jax.block_until_ready((state, metrics))
-        current["state"] = state
-        return steps / (time.perf_counter() - tic)
+    def step(state: Any, batch: jax.Array, key: jax.Array) -> tuple:
+        return run.train_step(state, batch, key, True)
 
-    return time_steps
+    return step_timer(step, run.state, run.batches(0), keys)[0]  # compiles under the replacement
 
 
 def main() -> int:
@@ -98,10 +86,7 @@ def main() -> int:
     with replaced(step_module, "draw_noise", fixed_noise):
         timers["fixed_noise"] = timer(cfg, args.steps)
     timers["reference"] = reference_step(cfg, args.steps)
-    runs: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(args.repeats):
-        for name, time_steps in timers.items():
-            runs[name].append(time_steps())
+    runs = alternate(timers, args.repeats)
     full = statistics.median(runs["step"])
     print(f"{'variant':14s} {'steps/s':>8s} {'ms/step':>8s} {'share':>8s}  single runs")
     for name, rates in runs.items():

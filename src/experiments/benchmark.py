@@ -134,6 +134,37 @@ def reference_step(cfg: Any, steps: int) -> Callable[[], float]:
     return time_steps
 
 
+def step_timer(
+    step: Callable[..., tuple[Any, Any]], state: Any, batch: jax.Array, keys: list[jax.Array]
+) -> tuple[Callable[[], float], dict[str, Any]]:
+    """Calls step(state, batch, key) once (compiling it), then returns time_steps(), the
+    steps/s of one back-to-back call per key on the resident batch, continuing from the state
+    the last timing left; and `latest`, that run's latest {"state", "metrics"}."""
+    state, metrics = step(state, batch, keys[0])
+    latest: dict[str, Any] = {"state": jax.block_until_ready(state), "metrics": metrics}
+
+    def time_steps() -> float:
+        state = latest["state"]
+        tic = time.perf_counter()
+        for k in keys:
+            state, metrics = step(state, batch, k)
+        jax.block_until_ready((state, metrics))
+        latest.update(state=state, metrics=metrics)
+        return len(keys) / (time.perf_counter() - tic)
+
+    return time_steps, latest
+
+
+def alternate(timers: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each timer's rates over `repeats` rounds, the timers taking turns within every round, so
+    that all of them see the same machine load."""
+    runs: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, time_steps in timers.items():
+            runs[name].append(time_steps())
+    return runs
+
+
 def bare_step(
     cfg: Any, steps: int, repeats: int, started: float
 ) -> tuple[dict[str, Any], Callable[[], float]]:
@@ -159,20 +190,11 @@ def bare_step(
     tic = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - tic
-    state, metrics = compiled(state, batch, key, active)
-    jax.block_until_ready(metrics)
+    step_keys = [jax.random.fold_in(keys["train"], s) for s in range(steps)]  # [0] is key
+    time_steps, latest = step_timer(
+        lambda state, batch, k: compiled(state, batch, k, active), state, batch, step_keys
+    )
     time_to_first_step = time.perf_counter() - started
-
-    step_keys = [jax.random.fold_in(keys["train"], s) for s in range(steps)]
-
-    def time_steps() -> float:
-        """Steps per second of `steps` back-to-back calls of the compiled step."""
-        nonlocal state, metrics
-        tic = time.perf_counter()
-        for k in step_keys:
-            state, metrics = compiled(state, batch, k, active)
-        jax.block_until_ready((state, metrics))
-        return steps / (time.perf_counter() - tic)
 
     # What the loop does per single-step call besides the call: gather the batch.
     host = []
@@ -182,7 +204,7 @@ def bare_step(
         host.append(time.perf_counter() - tic)
     batches.close()
 
-    saves = checkpoint_seconds(state, repeats)
+    saves = checkpoint_seconds(latest["state"], repeats)
     flops = xla_flops(compiled)
     measured = {
         "param_count": param_count(state.params),
