@@ -114,20 +114,19 @@ for part in $PARTS; do
       evaluate vae-s42 5000 nll5000_e200 ;;
     families)  # 017: MLP, conv and transformer at ~229k parameters each, 20 epochs
       for m in mlp conv transformer; do
-        train "family-$m-s42" $E/mnist_families.yaml --model=$m --config.data.dir="$DATA/mnist" \
-          --config.training.epochs=20
+        train "family-$m-s42" $E/mnist_families.yaml --model=$m --config.data.dir="$DATA/mnist"
         evaluate "family-$m-s42" 1000 nll1000_e20
       done ;;
     family_seeds)  # 017: seeds 43 and 44 of the MLP family
       for seed in 43 44; do
         train "family-mlp-s$seed" $E/mnist_families.yaml --model=mlp \
-          --config.data.dir="$DATA/mnist" --config.training.epochs=20 --config.training.seed=$seed
+          --config.data.dir="$DATA/mnist" --config.training.seed=$seed
         evaluate "family-mlp-s$seed" 1000 nll1000_e20
       done ;;
     family_seeds_conv)  # 017: seeds 43 and 44 of the conv family (about 18 minutes each)
       for seed in 43 44; do
         train "family-conv-s$seed" $E/mnist_families.yaml --model=conv \
-          --config.data.dir="$DATA/mnist" --config.training.epochs=20 --config.training.seed=$seed
+          --config.data.dir="$DATA/mnist" --config.training.seed=$seed
         evaluate "family-conv-s$seed" 1000 nll1000_e20
       done ;;
     family_nll5000)  # 017: k = 5000 for the conv family (about 45 minutes on 2 CPU cores)
@@ -135,7 +134,7 @@ for part in $PARTS; do
     fashion_families)  # 017: the MLP and conv families on Fashion-MNIST, 20 epochs
       for m in mlp conv; do
         train "fashion-family-$m-s42" $E/mnist_families.yaml --model=$m --data=fashion_mnist \
-          --config.data.dir="$DATA/fashion_mnist" --config.training.epochs=20
+          --config.data.dir="$DATA/fashion_mnist"
         evaluate "fashion-family-$m-s42" 1000 nll1000_e20
       done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;

@@ -7,7 +7,9 @@ from the IDX file, builds the MLP VAE 784-500-20 (tanh, Bernoulli likelihood), j
 step (batch 128, dynamic binarization and the reparameterization noise drawn inside, one host
 NumPy batch per call) and prints the seconds from process start to the first step's loss on the
 host, and the steps/s of the next N steps. It is the time-to-first-step counterpart of
-`scripts/benchmark.py`'s time_to_first_step_s for configs/experiment/mnist.yaml (docs/performance.md).
+`scripts/benchmark.py`'s time_to_first_step_s for configs/experiment/mnist.yaml
+(docs/performance.md). Its sizes and optimizer are written in the code on purpose: it stands for
+a program written without this project.
 """
 
 import time

@@ -1,7 +1,7 @@
 """The pure, jit-compiled train and eval steps.
 
-train_step(state, batch, key, active) -> (state, metrics). `backend` picks how the step is spread over
-the devices of the mesh axis "data":
+train_step(state, batch, key, active) -> (state, metrics). `backend` picks how the step is spread
+over the devices of the mesh axis "data":
 
 - jit (default): one program over the global batch, state replicated and batch split on its
   leading axis (NamedSharding); XLA inserts the cross-device sums, e.g. of the gradients.
