@@ -23,7 +23,7 @@ from src.training.setup import abstract_train_state
 from src.utils import checkpoint
 from src.utils.config import load_config, load_saved_config
 from src.utils.errors import ConfigError
-from src.utils.parallel import initialize_distributed
+from src.utils.parallel import check_backend, initialize_distributed
 from tests.helpers import BASELINE, REPO
 
 RTOL = 1e-5  # float reassociation of the cross-device mean only
@@ -249,6 +249,14 @@ def test_resume_on_another_device_count_continues_the_run(runs, resumed):
     )
 
 
+def test_pmap_across_processes_is_a_config_error(monkeypatch):
+    check_backend("pmap")  # one process
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    check_backend("shard_map")
+    with pytest.raises(ConfigError, match="parallel.backend=pmap runs in one process only"):
+        check_backend("pmap")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,7 +268,7 @@ def free_port() -> int:
     [
         [],  # training split resident on the devices: each device gathers its rows
         pytest.param(  # streamed: each host gathers its rows on the host
-            ["--config.data.on_device=false", "--config.parallel.backend=pmap"],
+            ["--config.data.on_device=false", "--config.parallel.backend=shard_map"],
             marks=pytest.mark.slow,
         ),
     ],

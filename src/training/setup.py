@@ -21,6 +21,7 @@ from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
 from src.training.step import Objective, StepFn, make_eval_step, make_train_step
 from src.utils.parallel import (
+    check_backend,
     check_eval_batch,
     make_mesh,
     replicated,
@@ -65,6 +66,7 @@ def setup(cfg: Any) -> Setup:
     splits = load_splits(cfg.data)
     per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
     total_steps = tcfg.epochs * per_epoch
+    check_backend(cfg.parallel.backend)
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
     check_eval_batch(cfg.eval.batch_size, mesh)
     batches = make_batches(

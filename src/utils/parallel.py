@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -104,6 +103,17 @@ def check_eval_batch(batch_size: int, mesh: Mesh) -> None:
         )
 
 
+def check_backend(backend: str) -> None:
+    """pmap runs in one process only. The loop calls the step inside one compiled call
+    (src/training/multistep.py), and a jax.pmap traced across processes takes each process's
+    local rows, which a program over global arrays does not have."""
+    if backend == "pmap" and jax.process_count() > 1:
+        raise ConfigError(
+            f"parallel.backend=pmap runs in one process only, not {jax.process_count()}; "
+            "use jit or shard_map across processes (the same numbers)"
+        )
+
+
 def make_mesh(devices: list[Any]) -> Mesh:
     """A 1-D mesh named "data" over the given devices, in the given order."""
     return jax.make_mesh(
@@ -125,7 +135,7 @@ def to_backend(state: Any, mesh: Mesh, backend: str) -> Any:
 
     jit, shard_map: the canonical layout itself.
     pmap: every leaf x becomes [devices, *x.shape], one copy per device, split over the mesh
-    (what jax.pmap expects; in a multi-process run each process sees its local rows).
+    (what jax.pmap expects).
     """
     if backend != "pmap":
         return jax.device_put(state, replicated(mesh))
@@ -141,7 +151,5 @@ def from_backend(state: Any, mesh: Mesh, backend: str) -> Any:
     """The backend's state layout -> canonical (replicated), e.g. to save or validate."""
     if backend != "pmap":
         return state
-    if jax.process_count() > 1:  # jax.pmap hands each process its local rows
-        state = multihost_utils.host_local_array_to_global_array(state, mesh, P(AXIS))
     first = jax.jit(lambda t: jax.tree.map(lambda x: x[0], t), out_shardings=replicated(mesh))
     return first(state)
