@@ -131,12 +131,12 @@ def inject_nan_at(monkeypatch: Any, calls: set[int]) -> None:
     """Replaces the batches of the given step indices (0-based) with NaN, in this process only."""
     from src.data import batches
 
-    original = batches.take_batch
+    original = batches.DeviceBatches.chunk
     counter = {"n": 0}
 
-    def take_batch(*args: Any, **kwargs: Any) -> Any:
-        batch = original(*args, **kwargs)
+    def chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rows = original(self, *args, **kwargs)
         n, counter["n"] = counter["n"], counter["n"] + 1
-        return batch * np.nan if n in calls else batch
+        return batches.gather(rows) * np.nan if n in calls else rows
 
-    monkeypatch.setattr(batches, "take_batch", take_batch)
+    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)

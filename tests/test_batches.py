@@ -10,6 +10,7 @@ from src.data.batches import (
     DeviceBatches,
     StreamedBatches,
     fits_on_device,
+    gather,
     make_batches,
     next_epoch_order,
     two_epoch_order,
@@ -53,6 +54,18 @@ def test_device_and_streamed_batches_are_identical(setup):
         assert len(np.unique(e0.reshape(len(e0), -1), axis=0)) == PER_EPOCH * B
     finally:
         streamed.close()
+
+
+@pytest.mark.parametrize("n", [1, 4, 2 * PER_EPOCH + 1])
+def test_chunks_hold_the_batches_of_their_steps(setup, n):
+    """A chunk is gathered inside the call that takes it (jit) or eagerly: the same rows."""
+    x, key, sharding = setup
+    device = DeviceBatches(x, key, B, PER_EPOCH, sharding)
+    for step in (0, PER_EPOCH - 2, 5 * PER_EPOCH):  # the second crosses an epoch, the third jumps
+        want = np.concatenate([expected_batch(x, key, s) for s in range(step, step + n)])
+        chunk = device.chunk(step, n)
+        np.testing.assert_array_equal(np.asarray(gather(chunk)), want)
+        np.testing.assert_array_equal(np.asarray(jax.jit(gather)(chunk)), want)
 
 
 def test_streamed_batches_restart_at_any_step(setup):

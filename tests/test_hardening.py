@@ -280,16 +280,16 @@ def at_batch(monkeypatch, call: int, action) -> None:
     """Runs action() when the loop gathers the batch of the given call (0-based)."""
     from src.data import batches
 
-    original = batches.take_batch
+    original = batches.DeviceBatches.chunk
     counter = {"n": 0}
 
-    def take_batch(*args, **kwargs):
+    def chunk(self, *args, **kwargs):
         n, counter["n"] = counter["n"], counter["n"] + 1
         if n == call:
             action()
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(batches, "take_batch", take_batch)
+    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
 
 
 def test_sighup_stops_a_run_like_sigterm(tmp_path, monkeypatch, default_handlers, capsys):
@@ -811,13 +811,13 @@ def test_checksums_follow_a_finished_save_at_the_next_boundary(tmp_path, monkeyp
     actions = {25: lambda: time.sleep(1.0), 35: lambda: seen.append(checksums.is_file())}
     from src.data import batches
 
-    original, counter = batches.take_batch, {"n": 0}
+    original, counter = batches.DeviceBatches.chunk, {"n": 0}
 
-    def take_batch(*args: Any, **kwargs: Any) -> Any:
+    def chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
         n, counter["n"] = counter["n"], counter["n"] + 1
         actions.get(n, lambda: None)()
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(batches, "take_batch", take_batch)
+    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
     assert main(cli_args(tmp_path, "c", "--config.checkpoint.keep_last=3")) == 0
     assert seen == [True]  # after the boundary at step 30, before the save at step 40

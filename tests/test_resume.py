@@ -184,16 +184,16 @@ def test_second_signal_exits_at_once_leaving_complete_files(tmp_path):
 
 def at_batch(monkeypatch, call: int, action) -> None:
     """Runs action() when the loop gathers the batch of the given call (0-based)."""
-    original = batches.take_batch
+    original = batches.DeviceBatches.chunk
     counter = {"n": 0}
 
-    def take_batch(*args, **kwargs):
+    def chunk(self, *args, **kwargs):
         n, counter["n"] = counter["n"], counter["n"] + 1
         if n == call:
             action()
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(batches, "take_batch", take_batch)
+    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
 
 
 def train_steps(record: dict[str, Any]) -> list[int]:

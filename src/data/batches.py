@@ -5,8 +5,9 @@ Both providers give batch `step` = train_x[perm[p * B : (p + 1) * B]] with
 run produces the same batches, in the same order, whichever is used (and a resumed run
 replays them).
 
-- DeviceBatches: train_x is copied to the devices once; each step gathers its batch there
-  (no host-to-device copy per step); each device keeps only its own rows.
+- DeviceBatches: train_x is copied to the devices once; a call's batches are gathered there,
+  inside the compiled call that uses them (`Rows`, `gather`): no host-to-device copy and no
+  extra dispatch per step; each device keeps only its own rows.
 - StreamedBatches: for data that does not fit. A background thread gathers the next
   `prefetch` batches on the host and copies them to the devices while the current step runs;
   in a multi-host run each host gathers and copies only its own rows.
@@ -17,6 +18,7 @@ split is replicated over the same mesh.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
 import threading
@@ -51,6 +53,33 @@ def next_epoch_order(order: jax.Array, data_key: jax.Array, epoch: jax.Array, nu
     return jnp.concatenate([order[used:], following])
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["x", "order", "start"], meta_fields=["size"]
+)
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """x[order[start : start + size]], not gathered yet: the compiled call that takes it
+    gathers (see gather), so the gather needs no dispatch of its own. size is static."""
+
+    x: jax.Array
+    order: jax.Array
+    start: jax.Array
+    size: int
+
+
+def gather(batches: jax.Array | Rows) -> jax.Array:
+    """The batches themselves: Rows gathered (inside jit, part of the caller's program)."""
+    if isinstance(batches, Rows):
+        return take_batch(batches.x, batches.order, batches.start, batches.size)
+    return batches
+
+
+def batch_spec(batches: jax.Array | Rows, batch_size: int) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of one batch of `batches`."""
+    x = batches.x if isinstance(batches, Rows) else batches
+    return jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
+
+
 class DeviceBatches:
     """The whole training split on the device; the batches of a call are gathered on device."""
 
@@ -67,7 +96,7 @@ class DeviceBatches:
         self.x = jax.device_put(x, NamedSharding(sharding.mesh, P()))
         self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
         # Each device gathers the batch from its own replica and keeps its rows: no data
-        # crosses devices or hosts. (take_batch is looked up at call time: tests patch it.)
+        # crosses devices or hosts.
         self.split = jax.jit(lambda batch: batch, out_shardings=sharding)
         self.order: jax.Array | None = None
         self.order_epoch = -1
@@ -76,10 +105,10 @@ class DeviceBatches:
         self.starts: dict[int, jax.Array] = {}
 
     def __call__(self, step: int) -> jax.Array:
-        return self.split(self.chunk(step, 1))
+        return self.split(gather(self.chunk(step, 1)))
 
-    def chunk(self, step: int, n: int) -> jax.Array:
-        """The batches of steps step .. step + n - 1: [n * batch_size, ...].
+    def chunk(self, step: int, n: int) -> Rows | jax.Array:
+        """The batches of steps step .. step + n - 1: [n * batch_size, ...], as Rows.
 
         Replicated like the resident split: each device's step takes its rows locally.
         One gather of fixed size from the used rows of this epoch's order followed by the next
@@ -89,7 +118,8 @@ class DeviceBatches:
         epoch, position = divmod(step, self.per_epoch)
         if position + n > 2 * self.per_epoch:
             head = self.per_epoch - position
-            return jnp.concatenate([self.chunk(step, head), self.chunk(step + head, n - head)])
+            parts = [self.chunk(step, head), self.chunk(step + head, n - head)]
+            return jnp.concatenate([gather(part) for part in parts])
         if self.order is not None and epoch == self.order_epoch + 1:  # the usual epoch change
             self.order = next_epoch_order(self.order, self.data_key, np.int32(epoch), len(self.x))
             self.order_epoch = epoch
@@ -102,7 +132,7 @@ class DeviceBatches:
         if position not in self.starts:
             row = np.int32(position * self.batch_size)
             self.starts[position] = jax.device_put(row, self.x.sharding)
-        return take_batch(self.x, self.order, self.starts[position], n * self.batch_size)
+        return Rows(self.x, self.order, self.starts[position], n * self.batch_size)
 
     def close(self) -> None:
         """Nothing to stop; present so both providers are used the same way."""

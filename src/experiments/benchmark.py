@@ -172,9 +172,9 @@ def bare_step(
     and time_steps(), which times the compiled step on one batch (called by run_benchmark
     between the loop runs, so that both see the same machine load).
 
-    Also measures the work the loop does per single step outside the compiled call (gathering
-    the batch, waited for), and the time of one model_last save (the part
-    the loop waits for, and until it is on disk).
+    Also measures the work the loop does per single step outside the compiled call (the batch
+    provider's bookkeeping; the gather itself runs inside the call), and the time of one
+    model_last save (the part the loop waits for, and until it is on disk).
     """
     run = build_step(cfg)
     keys, batches, per_epoch, state = run.keys, run.batches, run.steps_per_epoch, run.state
@@ -196,7 +196,7 @@ def bare_step(
     )
     time_to_first_step = time.perf_counter() - started
 
-    # What the loop does per single-step call besides the call: gather the batch.
+    # What the loop does per single-step call besides the call: the batches' bookkeeping.
     host = []
     for s in range(steps):
         tic = time.perf_counter()

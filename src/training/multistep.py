@@ -25,11 +25,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from src.data.batches import Rows, batch_spec, gather
 from src.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
 MultiStepFn = Callable[
-    [TrainState, Metrics | None, Metrics | None, jax.Array, jax.Array, int],
+    [TrainState, Metrics | None, Metrics | None, jax.Array | Rows, jax.Array, int],
     tuple[TrainState, Metrics, Metrics],
 ]
 LAST = ("loss", "grad_norm")  # what the run record reports of the step that stopped a run
@@ -52,7 +53,8 @@ def make_multi_step(
       state: TrainState before step first_step (donated).
       sums: the open logging interval's metric sums, or None for an empty interval.
       last: loss and grad_norm of the last step run so far, or None at the start.
-      batches: [n * batch_size, ...], the batches of steps first_step .. first_step + n - 1.
+      batches: [n * batch_size, ...], the batches of steps first_step .. first_step + n - 1,
+        or Rows to gather them from (inside the call).
       train_key: the step-noise stream; step s draws from fold_in(train_key, s).
       first_step: the global step number of the first batch.
     Returns the state after the call, sums plus the metrics of every applied (or, with
@@ -62,7 +64,8 @@ def make_multi_step(
     """
     stop = nan_policy == "stop"
 
-    def run(state: TrainState, sums: Metrics, last: Metrics, batches: jax.Array, train_key, first):
+    def run(state: TrainState, sums: Metrics, last: Metrics, batches, train_key, first):
+        batches = gather(batches)
         xs = batches.reshape(-1, batch_size, *batches.shape[1:])
 
         def one(carry: tuple, inputs: tuple) -> tuple[tuple, None]:
@@ -95,12 +98,12 @@ def make_multi_step(
         state: TrainState,
         sums: Metrics | None,
         last: Metrics | None,
-        batches: jax.Array,
+        batches: jax.Array | Rows,
         train_key: jax.Array,
         first_step: int,
     ) -> tuple[TrainState, Metrics, Metrics]:
         if "start" not in zeros:  # 0 + m == m exactly, so starting from zeros keeps sums bit-equal
-            one_batch = jax.ShapeDtypeStruct((batch_size, *batches.shape[1:]), batches.dtype)
+            one_batch = batch_spec(batches, batch_size)
             shapes = jax.eval_shape(train_step, state, one_batch, train_key, True)[1]
             # Replicated over the mesh, as the call's outputs are: one compilation.
             sharding = NamedSharding(mesh, P())
