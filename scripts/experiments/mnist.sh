@@ -5,7 +5,7 @@
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
 #   iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds
-#   fashion_families family_nll5000 family_seeds_conv.
+#   fashion_families family_nll5000 family_seeds_conv family_seeds_transformer.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -13,7 +13,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -128,6 +128,12 @@ for part in $PARTS; do
         train "family-conv-s$seed" $E/mnist_families.yaml --model=conv \
           --config.data.dir="$DATA/mnist" --config.training.seed=$seed
         evaluate "family-conv-s$seed" 1000 nll1000_e20
+      done ;;
+    family_seeds_transformer)  # 017: seeds 43 and 44 of the transformer family
+      for seed in 43 44; do
+        train "family-transformer-s$seed" $E/mnist_families.yaml --model=transformer \
+          --config.data.dir="$DATA/mnist" --config.training.seed=$seed
+        evaluate "family-transformer-s$seed" 1000 nll1000_e20
       done ;;
     family_nll5000)  # 017: k = 5000 for the conv family (about 45 minutes on 2 CPU cores)
       evaluate family-conv-s42 5000 nll5000_e20 ;;
