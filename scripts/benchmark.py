@@ -62,7 +62,10 @@ def main(argv):
     ref = result["reference"]
     print(
         f"project step {result['examples_per_s']:,.0f} examples/s, reference (plain Flax) step "
-        f"{ref['examples_per_s']:,.0f} examples/s: ratio {ref['bare_over_reference']:.3f}",
+        f"{ref['examples_per_s']:,.0f} examples/s: ratio {ref['bare_over_reference']:.3f}; "
+        f"the loop (steps_per_call {result['steps_per_call']}) "
+        f"{result['loop']['examples_per_s']:,.0f} examples/s: "
+        f"ratio {result['loop']['over_reference']:.3f}",
         file=sys.stderr,
     )
     return 0

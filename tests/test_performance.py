@@ -145,7 +145,11 @@ def test_benchmark_writes_well_formed_json(tmp_path):
     assert data["peak_host_rss_bytes"] > 0
     ref = data["reference"]
     assert ref["bare_over_reference"] == pytest.approx(data["steps_per_s"] / ref["steps_per_s"])
-    assert f"ratio {ref['bare_over_reference']:.3f}" in result.stderr.splitlines()[-1]
+    loop_ratio = data["loop"]["steps_per_s"] / ref["steps_per_s"]
+    assert data["loop"]["over_reference"] == pytest.approx(loop_ratio)
+    summary = result.stderr.splitlines()[-1]
+    assert f"ratio {ref['bare_over_reference']:.3f}" in summary
+    assert f"ratio {data['loop']['over_reference']:.3f}" in summary
     iwae = data["iwae"]
     assert iwae["images"] == 40 and iwae["finite"] and iwae["seconds"] > 0
     # The decoder 4-32-(64 pixels x levels) does at least the FLOPs of a 4-32-64 MLP.

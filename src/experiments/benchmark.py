@@ -426,6 +426,7 @@ def run_benchmark(
             "steps_per_s": loop_rate,
             "examples_per_s": loop_rate * cfg.training.batch_size,
             "overhead_vs_bare": 1.0 - loop_rate / bare["steps_per_s"],
+            "over_reference": loop_rate / reference_rate,  # the loop as users run it
             "runs": loops,
             # With steps_per_call K > 1: the same loop at K = 1, and the K-step loop's speed-up.
             "steps_per_s_k1": single_rate,
