@@ -237,8 +237,9 @@ def main(argv: Sequence[str]) -> int:
             raise
 
 
-def _main(argv: Sequence[str]) -> int:
-    args, overrides = parse_args(argv)
+def locate_run(args: Any, overrides: list[str]) -> tuple[Any, RunPaths, bool]:
+    """The new run's config (None when resuming: resume_config reads it once the folder is
+    locked), the run's paths, and whether this process writes the run folder."""
     if args.resume:
         if not args.run_id:
             raise ConfigError("--resume needs --run_id (the run to continue)")
@@ -247,14 +248,17 @@ def _main(argv: Sequence[str]) -> int:
         paths = run_paths(args.workdir, args.run_id)
         saved = paths.config.is_file()
         writer = not saved or writes_run_folder(load_saved_config(paths.config, overrides).parallel)
-    else:
-        if not args.config:
-            raise ConfigError(
-                "--config is required, e.g. --config=configs/experiment/baseline.yaml"
-            )
-        cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
-        paths = run_paths(args.workdir, args.run_id or default_run_id(cfg.experiment.name))
-        writer = writes_run_folder(cfg.parallel)
+        return None, paths, writer
+    if not args.config:
+        raise ConfigError("--config is required, e.g. --config=configs/experiment/baseline.yaml")
+    cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
+    paths = run_paths(args.workdir, args.run_id or default_run_id(cfg.experiment.name))
+    return cfg, paths, writes_run_folder(cfg.parallel)
+
+
+def _main(argv: Sequence[str]) -> int:
+    args, overrides = parse_args(argv)
+    cfg, paths, writer = locate_run(args, overrides)
     if args.dry_run:  # nothing is locked, prepared or written
         if args.resume:
             if not paths.config.is_file():
@@ -296,12 +300,17 @@ def _main(argv: Sequence[str]) -> int:
     finally:
         if lock is not None:
             lock.release()
+    return report_end(record, paths, args.workdir)
+
+
+def report_end(record: dict[str, Any], paths: RunPaths, workdir: str) -> int:
+    """Prints how the run ended (stderr unless it completed) and returns the exit status."""
     run = paths.run_dir.name
     if record["status"] == "interrupted":
         step, name = record["stopped_at_step"], record["signal"]
         print(
             f"run {run}: interrupted by {name} at step {step}, model_last saved; resume with: "
-            f"python scripts/train.py --workdir={args.workdir} --run_id={run} --resume",
+            f"python scripts/train.py --workdir={workdir} --run_id={run} --resume",
             file=sys.stderr,
         )
         return interrupted_status(getattr(signal, name))
