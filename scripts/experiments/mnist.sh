@@ -135,8 +135,10 @@ for part in $PARTS; do
           --config.data.dir="$DATA/mnist" --config.training.seed=$seed
         evaluate "family-transformer-s$seed" 1000 nll1000_e20
       done ;;
-    family_nll5000)  # 017: k = 5000 for the conv family (about 45 minutes on 2 CPU cores)
-      evaluate family-conv-s42 5000 nll5000_e20 ;;
+    family_nll5000)  # 017: k = 5000 for the conv and transformer families (about 45 minutes each)
+      for m in conv transformer; do
+        evaluate "family-$m-s42" 5000 nll5000_e20
+      done ;;
     fashion_families)  # 017: the MLP and conv families on Fashion-MNIST, 20 epochs
       for m in mlp conv; do
         train "fashion-family-$m-s42" $E/mnist_families.yaml --model=$m --data=fashion_mnist \
