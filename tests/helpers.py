@@ -3,6 +3,7 @@ subprocess runner for the scripts. JAX is imported only by the helpers that need
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def write_idx_dataset(
 
 
 def inject_nan_at(monkeypatch: Any, calls: set[int]) -> None:
-    """Replaces the batches of the given step indices (0-based) with NaN, in this process only."""
+    """Makes the batches of the given calls of the loop (0-based; = steps at steps_per_call 1)
+    NaN, in this process only."""
     from src.data import batches
 
     original = batches.DeviceBatches.chunk
@@ -137,6 +139,27 @@ def inject_nan_at(monkeypatch: Any, calls: set[int]) -> None:
     def chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
         rows = original(self, *args, **kwargs)
         n, counter["n"] = counter["n"], counter["n"] + 1
-        return batches.gather(rows) * np.nan if n in calls else rows
+        if n not in calls:
+            return rows
+        if isinstance(rows, batches.Rows):  # the same program as every other call
+            return dataclasses.replace(rows, x=rows.x * np.nan)
+        return rows * np.nan
+
+    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
+
+
+def at_batch(monkeypatch: Any, call: int, action: Any) -> None:
+    """Runs action() when the loop asks for the batches of the given call (0-based), before
+    dispatching it. Several at_batch patches stack."""
+    from src.data import batches
+
+    original = batches.DeviceBatches.chunk
+    counter = {"n": 0}
+
+    def chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
+        n, counter["n"] = counter["n"], counter["n"] + 1
+        if n == call:
+            action()
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)

@@ -21,7 +21,7 @@ from src.utils.config import load_config, save_config
 from src.utils.errors import ConfigError, DataError, RunDirError
 from src.utils.io import read_json
 from src.utils.rundir import lock_run, prepare, run_paths
-from tests.helpers import BASELINE, REPO, TINY, inject_nan_at
+from tests.helpers import BASELINE, REPO, TINY, at_batch, inject_nan_at
 
 
 def cli_args(workdir: Path, run_id: str, *extra: str) -> list[str]:
@@ -274,22 +274,6 @@ def default_handlers():
     yield reached
     for s, handler in previous.items():
         signal.signal(s, handler)
-
-
-def at_batch(monkeypatch, call: int, action) -> None:
-    """Runs action() when the loop gathers the batch of the given call (0-based)."""
-    from src.data import batches
-
-    original = batches.DeviceBatches.chunk
-    counter = {"n": 0}
-
-    def chunk(self, *args, **kwargs):
-        n, counter["n"] = counter["n"], counter["n"] + 1
-        if n == call:
-            action()
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
 
 
 def test_sighup_stops_a_run_like_sigterm(tmp_path, monkeypatch, default_handlers, capsys):
@@ -808,16 +792,7 @@ def test_checksums_follow_a_finished_save_at_the_next_boundary(tmp_path, monkeyp
 
     checksums = tmp_path / "checkpoints" / "c" / "model_last" / "20" / "checksums.json"
     seen: list[bool] = []
-    actions = {25: lambda: time.sleep(1.0), 35: lambda: seen.append(checksums.is_file())}
-    from src.data import batches
-
-    original, counter = batches.DeviceBatches.chunk, {"n": 0}
-
-    def chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
-        n, counter["n"] = counter["n"], counter["n"] + 1
-        actions.get(n, lambda: None)()
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
+    at_batch(monkeypatch, 25, lambda: time.sleep(1.0))
+    at_batch(monkeypatch, 35, lambda: seen.append(checksums.is_file()))
     assert main(cli_args(tmp_path, "c", "--config.checkpoint.keep_last=3")) == 0
     assert seen == [True]  # after the boundary at step 30, before the save at step 40

@@ -249,6 +249,34 @@ def test_resume_on_another_device_count_continues_the_run(runs, resumed):
     )
 
 
+GATHER_WITHOUT_TRANSFERS = """
+import jax, numpy as np
+from src.data.batches import DeviceBatches, gather
+from src.utils.parallel import make_mesh, split_on_devices
+x = np.random.default_rng(0).uniform(size=(50, 3)).astype(np.float32)
+batches = DeviceBatches(x, jax.random.key(7), 8, 6, split_on_devices(make_mesh(jax.devices())))
+in_call = jax.jit(gather)
+for step in range(7):  # compiles, draws the orders, copies each offset once
+    in_call(batches.chunk(step, 2)), batches(step)
+with jax.transfer_guard("disallow"):  # implicit host-to-device and device-to-device copies
+    for step in range(7, 12):  # the rest of epoch 1
+        in_call(batches.chunk(step, 2)).block_until_ready(), batches(step).block_until_ready()
+"""
+
+
+def test_on_device_batches_move_nothing_between_devices_per_call():
+    """An epoch's order is replicated once, not copied from device 0 to the others each call."""
+    result = subprocess.run(
+        [sys.executable, "-c", GATHER_WITHOUT_TRANSFERS],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env_with_devices(4),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_pmap_across_processes_is_a_config_error(monkeypatch):
     check_backend("pmap")  # one process
     monkeypatch.setattr(jax, "process_count", lambda: 2)

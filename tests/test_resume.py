@@ -22,7 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from src.data import batches
 from src.training.loop import train_and_evaluate
 from src.utils.config import load_config
 from src.utils.errors import StorageError
@@ -31,6 +30,7 @@ from tests.helpers import (
     BASELINE,
     REPO,
     TINY,
+    at_batch,
     inject_nan_at,
     read_state,
     run_script,
@@ -182,20 +182,6 @@ def test_second_signal_exits_at_once_leaving_complete_files(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def at_batch(monkeypatch, call: int, action) -> None:
-    """Runs action() when the loop gathers the batch of the given call (0-based)."""
-    original = batches.DeviceBatches.chunk
-    counter = {"n": 0}
-
-    def chunk(self, *args, **kwargs):
-        n, counter["n"] = counter["n"], counter["n"] + 1
-        if n == call:
-            action()
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(batches.DeviceBatches, "chunk", chunk)
-
-
 def train_steps(record: dict[str, Any]) -> list[int]:
     return [r["step"] for r in record["history"] if r["split"] == "train"]
 
@@ -215,7 +201,7 @@ def test_a_failing_run_keeps_the_train_record_of_its_last_boundary(tmp_path, mon
     def fail() -> None:
         raise RuntimeError("injected")
 
-    at_batch(monkeypatch, 10, fail)  # gathering step 11's batch, step 10's record not written
+    at_batch(monkeypatch, 10, fail)  # asking for step 11's batch, step 10's record not written
     with pytest.raises(RuntimeError, match="injected"):
         train_in_process(tmp_path, "f", TINY)
     record = metrics(tmp_path / "checkpoints" / "f")

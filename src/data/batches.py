@@ -95,9 +95,9 @@ class DeviceBatches:
     ):
         self.x = jax.device_put(x, NamedSharding(sharding.mesh, P()))
         self.data_key, self.batch_size, self.per_epoch = data_key, batch_size, steps_per_epoch
-        # Each device gathers the batch from its own replica and keeps its rows: no data
-        # crosses devices or hosts.
-        self.split = jax.jit(lambda batch: batch, out_shardings=sharding)
+        # One step's batch, gathered by each device from its own replica, of which it keeps
+        # its rows: no data crosses devices or hosts.
+        self.split = jax.jit(gather, out_shardings=sharding)
         self.order: jax.Array | None = None
         self.order_epoch = -1
         # position -> its first row in the order, on the devices; copied once per position,
@@ -105,15 +105,16 @@ class DeviceBatches:
         self.starts: dict[int, jax.Array] = {}
 
     def __call__(self, step: int) -> jax.Array:
-        return self.split(gather(self.chunk(step, 1)))
+        return self.split(self.chunk(step, 1))
 
     def chunk(self, step: int, n: int) -> Rows | jax.Array:
-        """The batches of steps step .. step + n - 1: [n * batch_size, ...], as Rows.
+        """The batches of steps step .. step + n - 1, [n * batch_size, ...], as Rows to gather.
 
-        Replicated like the resident split: each device's step takes its rows locally.
+        Rows of the replicated split and order: each device gathers from its own copies.
         One gather of fixed size from the used rows of this epoch's order followed by the next
         epoch's, so a call that crosses into the next epoch (training.steps_per_call) costs the
-        same and compiles nothing new; n beyond the next epoch is split up.
+        same and compiles nothing new. n beyond the next epoch (steps_per_call above an epoch
+        and a step) is split up and returned gathered, an array: one more program to compile.
         """
         epoch, position = divmod(step, self.per_epoch)
         if position + n > 2 * self.per_epoch:
@@ -121,12 +122,13 @@ class DeviceBatches:
             parts = [self.chunk(step, head), self.chunk(step + head, n - head)]
             return jnp.concatenate([gather(part) for part in parts])
         if self.order is not None and epoch == self.order_epoch + 1:  # the usual epoch change
-            self.order = next_epoch_order(self.order, self.data_key, np.int32(epoch), len(self.x))
-            self.order_epoch = epoch
+            order = next_epoch_order(self.order, self.data_key, np.int32(epoch), len(self.x))
+            self.order, self.order_epoch = jax.device_put(order, self.x.sharding), epoch
         elif epoch != self.order_epoch:  # the first call, or a jump (resume)
             used = self.per_epoch * self.batch_size  # the rest of an epoch's order is dropped
-            self.order = two_epoch_order(self.data_key, np.int32(epoch), len(self.x), used)
-            self.order_epoch = epoch
+            order = two_epoch_order(self.data_key, np.int32(epoch), len(self.x), used)
+            # Replicated once per epoch, not copied from one device to the others every call.
+            self.order, self.order_epoch = jax.device_put(order, self.x.sharding), epoch
         assert self.order is not None
         # Images never leave the device; the offsets are copied once each, explicitly.
         if position not in self.starts:

@@ -238,8 +238,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def locate_run(args: Any, overrides: list[str]) -> tuple[Any, RunPaths, bool]:
-    """The new run's config (None when resuming: resume_config reads it once the folder is
-    locked), the run's paths, and whether this process writes the run folder."""
+    """The new run's config (None when resuming: resume_config reads it from the run folder
+    later), the run's paths, and whether this process writes the run folder."""
     if args.resume:
         if not args.run_id:
             raise ConfigError("--resume needs --run_id (the run to continue)")

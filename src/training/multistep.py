@@ -2,7 +2,8 @@
 
 One call runs n steps with lax.scan: n = training.steps_per_call = K where K steps fit before
 the next logging, eval or checkpoint boundary (steps_until_boundary), else n = 1, so a K that
-divides none of the intervals is handled, not refused, and at most two programs are compiled.
+divides none of the intervals is handled, not refused, and at most two programs are compiled
+(three when K exceeds an epoch and a step: src/data/batches.py:DeviceBatches.chunk).
 Step s uses the batch and key of its global number (fold_in(train_key, s)) and adds its metrics
 to the logging interval's sums on the device in step order, so parameters, optimizer state
 and float32 sums do not depend on K. Calls may span two epochs.
@@ -64,7 +65,9 @@ def make_multi_step(
     """
     stop = nan_policy == "stop"
 
-    def run(state: TrainState, sums: Metrics, last: Metrics, batches, train_key, first):
+    def run(
+        state: TrainState, sums: Metrics, last: Metrics, batches: jax.Array | Rows, train_key, first
+    ):
         batches = gather(batches)
         xs = batches.reshape(-1, batch_size, *batches.shape[1:])
 

@@ -61,12 +61,12 @@ def setup(cfg: Any) -> Setup:
     run, jax.distributed must be initialized first.
     """
     tcfg = cfg.training
+    check_backend(cfg.parallel.backend)
     seed_host_rngs(tcfg.seed)
     keys = derive_keys(tcfg.seed)
     splits = load_splits(cfg.data)
     per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
     total_steps = tcfg.epochs * per_epoch
-    check_backend(cfg.parallel.backend)
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
     check_eval_batch(cfg.eval.batch_size, mesh)
     batches = make_batches(
