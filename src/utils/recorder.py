@@ -191,7 +191,10 @@ class Recorder:
             except OSError as e:
                 raise StorageError(f"cannot write {self.path}: {e}") from e
         if self.tb is not None:
-            self.tb.flush()  # TensorBoard is not behind metrics.json
+            # What tensorboardX's writer thread has taken from its queue reaches the file now;
+            # events still queued follow within its flush_secs (a kill loses them; a resumed
+            # run writes TensorBoard again from metrics.json).
+            self.tb.flush()
 
     def close(self) -> None:
         self.save()
