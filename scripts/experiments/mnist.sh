@@ -5,7 +5,7 @@
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
 #   iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds
-#   fashion_families family_nll5000 family_seeds_conv family_seeds_transformer.
+#   fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -13,7 +13,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -135,6 +135,14 @@ for part in $PARTS; do
           --config.data.dir="$DATA/mnist" --config.training.seed=$seed
         evaluate "family-transformer-s$seed" 1000 nll1000_e20
       done ;;
+    transformer_kl)  # 018: the transformer family with KL warm-up (10 epochs) or free bits (0.25 nats)
+      train family-transformer-warmup-s42 $E/mnist_families.yaml --model=transformer \
+        --config.data.dir="$DATA/mnist" --config.training.kl.warmup=linear \
+        --config.training.kl.warmup_steps=4210
+      evaluate family-transformer-warmup-s42 1000 nll1000_e20
+      train family-transformer-freebits-s42 $E/mnist_families.yaml --model=transformer \
+        --config.data.dir="$DATA/mnist" --config.training.kl.free_bits=0.25
+      evaluate family-transformer-freebits-s42 1000 nll1000_e20 ;;
     family_nll5000)  # 017: k = 5000 for the conv and transformer families (about 45 minutes each)
       for m in conv transformer; do
         evaluate "family-$m-s42" 5000 nll5000_e20
