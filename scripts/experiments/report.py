@@ -198,6 +198,22 @@ def main() -> None:
         families,
     )
 
+    collapse = []
+    for label, run_id in (
+        ("none (017)", "family-transformer-s42"),
+        ("linear warm-up over 10 epochs", "family-transformer-warmup-s42"),
+        ("free bits 0.25 nats", "family-transformer-freebits-s42"),
+    ):
+        record = load(runs / run_id, "nll1000_e20")
+        if record:
+            minutes = train_minutes(args.workdir, run_id)
+            collapse.append(f"| {label} | {minutes:.1f} | " + fmt(row(record)) + " |")
+    table(
+        "018 transformer family, KL treatments, 20 epochs, k = 1000",
+        "KL treatment | train min",
+        collapse,
+    )
+
     if args.figures:
         draw(args.figures, points, dims)
         kl = {}
