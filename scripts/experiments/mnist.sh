@@ -50,6 +50,14 @@ evaluate() {  # evaluate RUN_ID K NAME: test split of model_last with k samples 
   cp "$W/checkpoints/$id/eval/last_test.json" "$out"
 }
 
+family_seeds() {  # family_seeds MODEL: seeds 43 and 44 of a family of 017, k = 1000
+  for seed in 43 44; do
+    train "family-$1-s$seed" $E/mnist_families.yaml --model="$1" \
+      --config.data.dir="$DATA/mnist" --config.training.seed=$seed
+    evaluate "family-$1-s$seed" 1000 nll1000_e20
+  done
+}
+
 for part in $PARTS; do
   case $part in
     iwae)  # 012: Burda et al. Table 1 architecture, VAE (k=1) vs IWAE k=5, 20 epochs
@@ -117,24 +125,9 @@ for part in $PARTS; do
         train "family-$m-s42" $E/mnist_families.yaml --model=$m --config.data.dir="$DATA/mnist"
         evaluate "family-$m-s42" 1000 nll1000_e20
       done ;;
-    family_seeds)  # 017: seeds 43 and 44 of the MLP family
-      for seed in 43 44; do
-        train "family-mlp-s$seed" $E/mnist_families.yaml --model=mlp \
-          --config.data.dir="$DATA/mnist" --config.training.seed=$seed
-        evaluate "family-mlp-s$seed" 1000 nll1000_e20
-      done ;;
-    family_seeds_conv)  # 017: seeds 43 and 44 of the conv family (about 18 minutes each)
-      for seed in 43 44; do
-        train "family-conv-s$seed" $E/mnist_families.yaml --model=conv \
-          --config.data.dir="$DATA/mnist" --config.training.seed=$seed
-        evaluate "family-conv-s$seed" 1000 nll1000_e20
-      done ;;
-    family_seeds_transformer)  # 017: seeds 43 and 44 of the transformer family
-      for seed in 43 44; do
-        train "family-transformer-s$seed" $E/mnist_families.yaml --model=transformer \
-          --config.data.dir="$DATA/mnist" --config.training.seed=$seed
-        evaluate "family-transformer-s$seed" 1000 nll1000_e20
-      done ;;
+    family_seeds) family_seeds mlp ;;  # 017: seeds 43 and 44 of each family
+    family_seeds_conv) family_seeds conv ;;  # about 18 minutes per seed
+    family_seeds_transformer) family_seeds transformer ;;
     transformer_kl)  # 018: the transformer family with KL warm-up (10 epochs) or free bits (0.25 nats)
       train family-transformer-warmup-s42 $E/mnist_families.yaml --model=transformer \
         --config.data.dir="$DATA/mnist" --config.training.kl.warmup=linear \

@@ -121,12 +121,12 @@ class DeviceBatches:
             head = self.per_epoch - position
             parts = [self.chunk(step, head), self.chunk(step + head, n - head)]
             return jnp.concatenate([gather(part) for part in parts])
-        if self.order is not None and epoch == self.order_epoch + 1:  # the usual epoch change
-            order = next_epoch_order(self.order, self.data_key, np.int32(epoch), len(self.x))
-            self.order, self.order_epoch = jax.device_put(order, self.x.sharding), epoch
-        elif epoch != self.order_epoch:  # the first call, or a jump (resume)
-            used = self.per_epoch * self.batch_size  # the rest of an epoch's order is dropped
-            order = two_epoch_order(self.data_key, np.int32(epoch), len(self.x), used)
+        if epoch != self.order_epoch:
+            if self.order is not None and epoch == self.order_epoch + 1:  # the usual change
+                order = next_epoch_order(self.order, self.data_key, np.int32(epoch), len(self.x))
+            else:  # the first call, or a jump (resume)
+                used = self.per_epoch * self.batch_size  # the rest of an epoch's order is dropped
+                order = two_epoch_order(self.data_key, np.int32(epoch), len(self.x), used)
             # Replicated once per epoch, not copied from one device to the others every call.
             self.order, self.order_epoch = jax.device_put(order, self.x.sharding), epoch
         assert self.order is not None
