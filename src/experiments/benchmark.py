@@ -45,7 +45,7 @@ from src.training.run import checkpoint
 from src.training.run.rundir import prepare, run_paths
 from src.training.setup import Setup, derive_keys, setup
 from src.training.state import param_count, split_model
-from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
+from src.utils.config import apply_overrides, freeze, read_schema, to_plain, validate
 from src.utils.errors import ConfigError
 
 
@@ -66,7 +66,7 @@ def matmul_ceiling(size: int, repeats: int) -> dict[str, float]:
 def with_overrides(cfg: Any, overrides: list[str]) -> Any:
     """cfg with 'section.key=value' overrides applied and validated again."""
     tree = apply_overrides(to_plain(cfg), overrides)
-    return freeze(validate(tree, read_yaml(CONFIG_ROOT / "default.yaml")))
+    return freeze(validate(tree, read_schema()))
 
 
 def xla_flops(compiled: Any) -> float | None:

@@ -3,7 +3,8 @@
 Composition order (later wins): configs/default.yaml, the group files an experiment
 names under `defaults:` (e.g. configs/model/mlp.yaml), the experiment file itself,
 then command-line overrides `training.lr=3e-4`. default.yaml is the schema: every
-other source may only set keys that exist there, with a value of the same type.
+other source may only set keys that exist there, with a value of the same type, and a key's
+range or choices are the annotation that opens its comment there (`Rule`, `schema_rules`).
 
 Hand-written rather than pydantic, jsonschema or absl's config_flags: those need the schema
 stated a second time (classes, a JSON schema, a Python config file), while here the YAML file
@@ -16,9 +17,11 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import yaml
@@ -29,92 +32,105 @@ from src.utils.io import atomic_write_text
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = ("model", "data")
 
-# Value constraints checked after composition; the defaults themselves live in YAML.
-POSITIVE = {
-    "model.latent_dim",
-    "model.hidden_dim",
-    "model.transformer.depth",
-    "model.transformer.heads",
-    "model.transformer.mlp_ratio",
-    "model.transformer.patch_size",
-    "model.transformer.init_std",
-    "model.gaussian.fixed_scale",
-    "model.gaussian.min_scale",
-    "training.kl.cycle_steps",
-    "training.epochs",
-    "training.batch_size",
-    "training.lr",
-    "logging.every_steps",
-    "eval.every_steps",
-    "eval.batch_size",
-    "eval.iwae_samples",
-    "eval.iwae_chunk",
-    "eval.mi_samples",
-    "eval.figure_images",
-    "eval.traversal_dims",
-    "eval.traversal_steps",
-    "eval.traversal_range",
-    "checkpoint.every_steps",
-    "checkpoint.keep_last",
-    "training.steps_per_call",
-    "training.iwae_samples",
-    "data.device_memory_fraction",
-    "data.prefetch",
-    "data.synthetic.num_examples",
-    "data.synthetic.latent_dim",
-    "data.synthetic.lengthscale",
-    "profile.num_steps",
-}
-NON_NEGATIVE = {
-    "training.kl.beta",
-    "training.kl.warmup_steps",
-    "training.kl.free_bits",
-    "optimizer.weight_decay",
-    "optimizer.eps",
-    "optimizer.momentum",
-    "optimizer.warmup_steps",
-    "optimizer.grad_clip_norm",
-    "eval.active_threshold",
-    "parallel.num_devices",
-    "data.synthetic.noise_std",
-    "parallel.num_processes",
-    "compile.min_compile_secs",
-    "logging.record_every_secs",
-    "profile.start_step",
-}
-PROBABILITY = {
-    "data.val_fraction",
-    "data.test_fraction",
-    "data.device_memory_fraction",
-    "optimizer.b1",
-    "optimizer.b2",
-    "optimizer.end_lr_fraction",
-    "training.kl.cycle_ramp",
-    "training.max_skipped_fraction",
-    "eval.kl_mass_share",
-}
-CHOICES = {
-    "model.type": ("mlp", "conv", "transformer"),
-    "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
-    "model.likelihood": ("bernoulli", "gaussian", "categorical"),
-    "model.compute_dtype": ("float32", "bfloat16"),
-    "model.gaussian.scale": ("fixed", "shared", "per_pixel"),
-    "model.transformer.readout": ("mean", "cls"),
-    "training.kl.warmup": ("none", "linear", "cyclical"),
-    "data.binarize": ("none", "static", "dynamic"),
-    "data.on_device": ("auto", "true", "false"),
-    "data.synthetic.kind": ("linear", "manifold"),
-    "optimizer.type": ("adam", "adamw", "sgd"),
-    "optimizer.schedule": ("constant", "warmup_cosine"),
-    "checkpoint.best_mode": ("max", "min"),
-    "parallel.backend": ("jit", "shard_map", "pmap"),
-    "training.nan_policy": ("stop", "skip"),
-    "training.objective": ("elbo", "iwae"),
-    "training.iwae_gradient": ("standard", "dreg"),
-    "parallel.distributed": ("auto", "true", "false"),
-}
-# String keys that also accept a YAML bool, stored as "true" / "false" (e.g. on_device: auto|true|false).
-BOOL_AS_STR = {"data.on_device", "parallel.distributed"}
+# A key's constraint is the annotation that opens its comment in default.yaml, up to the first
+# ": " (e.g. "latent_dim: 16  # > 0: dimensionality of z"): "> N", ">= N", an interval
+# "[a, b]", "(a, b]", "[a, b)" or "(a, b)", or choices "a | b | c". Schema.rules parses them.
+COMPARISON = re.compile(r"(>=?) (-?[0-9.e+-]+)")
+INTERVAL = re.compile(r"([\[(])(-?[0-9.e+-]+), (-?[0-9.e+-]+)([\])])")
+CHOICE_LIST = re.compile(r"[a-z0-9_]+( \| [a-z0-9_]+)+")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One key's constraint: its values lie in an interval, or are one of a few strings."""
+
+    text: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def error(self, key: str, value: Any) -> str | None:
+        """The one-line complaint about value, or None when it satisfies the rule."""
+        if self.choices:
+            if value in self.choices:
+                return None
+            return f"{key}: {value!r} is not one of {', '.join(self.choices)}"
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        if above and below:
+            return None
+        where = f"in {self.text}" if self.text[0] in "[(" else self.text
+        return f"{key} must be {where}, got {value!r}"
+
+
+def parse_rule(annotation: str) -> Rule | None:
+    """The Rule an annotation states, or None for a comment that states none. Something that
+    starts like a rule but is not one is a mistake in the schema file, not the user's: ValueError.
+    """
+    if match := COMPARISON.fullmatch(annotation):
+        return Rule(annotation, low=float(match[2]), low_open=match[1] == ">")
+    if match := INTERVAL.fullmatch(annotation):
+        low, high = float(match[2]), float(match[3])
+        return Rule(annotation, low, high, low_open=match[1] == "(", high_open=match[4] == ")")
+    if CHOICE_LIST.fullmatch(annotation):
+        return Rule(annotation, choices=tuple(annotation.split(" | ")))
+    if annotation[:1] in tuple("<>[(") or " | " in annotation:
+        raise ValueError(f"malformed constraint {annotation!r} in the schema file")
+    return None
+
+
+def schema_rules(text: str) -> dict[str, Rule]:
+    """{dotted key: Rule} for every key of a schema file whose comment opens with a constraint.
+
+    The comment is what follows the key's value on its line (yaml.compose gives the value's end,
+    so a "#" inside a quoted value is not mistaken for one)."""
+    lines = text.splitlines()
+    rules: dict[str, Rule] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        for key_node, value_node in node.value:
+            dotted = prefix + key_node.value
+            if isinstance(value_node, yaml.MappingNode):
+                walk(value_node, dotted + ".")
+                continue
+            end = value_node.end_mark
+            line = lines[end.line][end.column :] if end.line == key_node.start_mark.line else ""
+            comment = line.partition("#")[2].strip() if line.lstrip().startswith("#") else ""
+            rule = parse_rule(comment.partition(": ")[0].strip()) if comment else None
+            if rule:
+                rules[dotted] = rule
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if isinstance(root, yaml.MappingNode):
+        walk(root, "")
+    return rules
+
+
+class Schema(NamedTuple):
+    """default.yaml read twice: its values (the defaults and types) and its keys' constraints."""
+
+    defaults: dict[str, Any]
+    rules: dict[str, Rule]
+
+
+def read_schema(root: Path = CONFIG_ROOT) -> Schema:
+    """default.yaml's defaults and rules; a rule that does not fit its key's type is a ValueError
+    (a mistake in the schema file)."""
+    path = root / "default.yaml"
+    defaults, rules = read_yaml(path), schema_rules(path.read_text())
+    for key, rule in rules.items():
+        default = _get(defaults, key)
+        fits = isinstance(default, str) if rule.choices else _type_name(default) in ("int", "float")
+        if not fits:
+            raise ValueError(f"{path}: {key}: the rule {rule.text!r} does not fit {default!r}")
+    return Schema(defaults, rules)
+
+
+def bool_as_str(key: str, rules: Mapping[str, Rule]) -> bool:
+    """String keys whose choices include true and false also accept a YAML bool (on_device)."""
+    return key in rules and {"true", "false"} <= set(rules[key].choices)
 
 
 def yaml_error_text(error: yaml.YAMLError) -> str:
@@ -228,7 +244,7 @@ def unknown_key_hint(dotted: str, schema: Mapping[str, Any]) -> str:
     return f" ({where}: {', '.join(names)})"
 
 
-def _coerce(key: str, value: Any, default: Any, schema: Mapping[str, Any]) -> Any:
+def _coerce(key: str, value: Any, default: Any, schema: Schema) -> Any:
     """Checks value against the type of its default; returns it converted where lossless."""
     if isinstance(default, Mapping):
         if not isinstance(value, Mapping):
@@ -237,7 +253,8 @@ def _coerce(key: str, value: Any, default: Any, schema: Mapping[str, Any]) -> An
         for sub, sub_value in value.items():
             path = f"{key}.{sub}" if key else str(sub)
             if sub not in default:
-                raise ConfigError(f"unknown config key {path!r}{unknown_key_hint(path, schema)}")
+                hint = unknown_key_hint(path, schema.defaults)
+                raise ConfigError(f"unknown config key {path!r}{hint}")
             out[sub] = _coerce(path, sub_value, default[sub], schema)
         return out
     if isinstance(default, bool):
@@ -257,7 +274,7 @@ def _coerce(key: str, value: Any, default: Any, schema: Mapping[str, Any]) -> An
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
-        if isinstance(value, bool) and key in BOOL_AS_STR:
+        if isinstance(value, bool) and bool_as_str(key, schema.rules):
             return "true" if value else "false"
     elif isinstance(default, list):
         if isinstance(value, list | tuple):
@@ -292,51 +309,29 @@ def check_model(model: Mapping[str, Any]) -> None:
             f"model.hidden_dim ({model['hidden_dim']}) must be divisible by "
             f"model.transformer.heads ({heads})"
         )
-    if not 0.0 <= model["transformer"]["dropout"] < 1.0:
-        raise ConfigError(
-            f"model.transformer.dropout must be in [0, 1), got {model['transformer']['dropout']}"
-        )
     gaussian = model["gaussian"]
     if gaussian["scale"] != "fixed" and gaussian["fixed_scale"] <= gaussian["min_scale"]:
         raise ConfigError(
             f"model.gaussian.fixed_scale ({gaussian['fixed_scale']}) must exceed "
             f"model.gaussian.min_scale ({gaussian['min_scale']}) for a learned scale"
         )
-    if model["categorical"]["levels"] < 2:
-        raise ConfigError(
-            f"model.categorical.levels must be >= 2, got {model['categorical']['levels']}"
-        )
 
 
-def check_values(cfg: Mapping[str, Any]) -> None:
-    """Range and choice checks that a type check cannot express."""
+def check_values(cfg: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
+    """Every key's own rule (from its annotation in default.yaml), then the checks that relate
+    several keys or the entries of a list."""
     for key in _flat_keys(cfg):
         value = _get(cfg, key)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    for key in sorted(POSITIVE):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)!r}")
-    for key in sorted(NON_NEGATIVE):
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)!r}")
-    for key in sorted(PROBABILITY):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"{key} must be in [0, 1], got {_get(cfg, key)!r}")
-    for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key, rule in rules.items():
+        if message := rule.error(key, _get(cfg, key)):
+            raise ConfigError(message)
     check_model(cfg["model"])
     kl = cfg["training"]["kl"]
     if kl["warmup"] == "linear" and kl["warmup_steps"] == 0:
         raise ConfigError("training.kl.warmup_steps must be > 0 when training.kl.warmup is linear")
-    if kl["cycle_ramp"] == 0:
-        raise ConfigError("training.kl.cycle_ramp must be in (0, 1], got 0")
     check_objective(cfg["training"])
-    if cfg["parallel"]["process_id"] < -1:
-        raise ConfigError(
-            f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"
-        )
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
@@ -402,10 +397,11 @@ def check_data_values(data: Mapping[str, Any]) -> None:
         )
 
 
-def validate(tree: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
-    """Type-checks tree against schema (which supplies missing keys) and checks value ranges."""
-    full = deep_merge(schema, _coerce("", tree, schema, schema))
-    check_values(full)
+def validate(tree: Mapping[str, Any], schema: Schema) -> dict[str, Any]:
+    """Type-checks tree against the schema's defaults (which supply missing keys) and checks its
+    rules."""
+    full = deep_merge(schema.defaults, _coerce("", tree, schema.defaults, schema))
+    check_values(full, schema.rules)
     return full
 
 
@@ -446,7 +442,7 @@ def load_config(
       overrides: 'section.key=value' strings, applied last.
       root: the configs/ folder that holds default.yaml and the group folders.
     """
-    schema = read_yaml(root / "default.yaml")
+    schema = read_schema(root)
     experiment = read_yaml(Path(path))
     chosen = experiment.pop("defaults", {}) or {}
     if not isinstance(chosen, dict):
@@ -478,7 +474,7 @@ def load_saved_config(
     """Loads a run's config.yaml (already resolved), applies overrides, validates it against the
     current schema."""
     tree = apply_overrides(read_yaml(Path(path)), overrides)
-    return freeze(validate(tree, read_yaml(root / "default.yaml")))
+    return freeze(validate(tree, read_schema(root)))
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
