@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from src.evaluation.entry import main
-from src.evaluation.evaluate import derive_eval_keys, evaluate_run
+from src.evaluation.evaluate import evaluate_run
 from src.training.device.parallel import make_mesh, replicated, split_on_devices
+from src.training.keys import estimator_keys
 from src.utils.cli import run
 from tests.helpers import BASELINE, TINY, run_script, train
 
@@ -102,7 +103,7 @@ def test_nll_does_not_increase_with_k(run4):
     graphdef, abstract = ev.abstract_train_state(cfg, splits.train.shape[1:], 1)
     mesh = make_mesh(jax.devices()[:1])
     state, _ = ev.restore_state(run4, "last", abstract, replicated(mesh))
-    keys = derive_eval_keys(cfg.training.seed)
+    keys = estimator_keys(cfg.training.seed)
     nll = {}
     for k in (1, 10, 100):
         step = ev.make_posterior_step(mesh=mesh, graphdef=graphdef, iwae_samples=k, iwae_chunk=50)

@@ -25,8 +25,9 @@ from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
 from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
+from src.training.keys import batch_key, estimator_keys
 from src.training.run import checkpoint
-from src.training.setup import abstract_train_state, derive_keys
+from src.training.setup import abstract_train_state
 from src.training.state import TrainState
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
@@ -36,22 +37,6 @@ from src.utils.io import atomic_write_json, read_json
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
 SPLITS = ("train", "val", "test")
-# derive_keys(seed) is split(key(seed), 4), i.e. fold_in(key(seed), i) for i < 4 (with
-# jax_threefry_partitionable); the estimators get the next stream, so they never reuse noise.
-ESTIMATOR_STREAM = 4
-
-
-def derive_eval_keys(seed: int) -> dict[str, jax.Array]:
-    """elbo: the training run's eval key (same numbers as its validation); iwae, mi, figures."""
-    root = jax.random.fold_in(jax.random.key(seed), ESTIMATOR_STREAM)
-    return {
-        "elbo": derive_keys(seed)["eval"],
-        "iwae": jax.random.fold_in(root, 0),
-        "mi": jax.random.fold_in(root, 1),
-        "figures": jax.random.fold_in(root, 2),
-    }
-
-
 # --- Run config.
 
 
@@ -126,9 +111,7 @@ def posterior_pass(
     devices; returns per-example arrays (padding dropped)."""
     batches, masks = padded_batches(x, batch_size)
     outs = [
-        jax.device_get(
-            step(params, on_devices(batch, batch_sharding), jax.random.fold_in(keys["iwae"], i))
-        )
+        jax.device_get(step(params, on_devices(batch, batch_sharding), batch_key(keys["iwae"], i)))
         for i, batch in enumerate(batches)
     ]
     keep = masks.reshape(-1) > 0
@@ -276,7 +259,7 @@ def evaluate_run(
     tic = time.perf_counter()
     cfg = load_run_config(run_dir, overrides)
     run_dir = run_dir.resolve()  # its name is the run id, its grandparent the workdir
-    keys = derive_eval_keys(cfg.training.seed)
+    keys = estimator_keys(cfg.training.seed)
     splits = load_splits(cfg.data)
     x = getattr(splits, split)
     total_steps = cfg.training.epochs * steps_per_epoch(len(splits.train), cfg.training.batch_size)

@@ -38,12 +38,13 @@ from flax import nnx
 from src.data.pipeline import load_splits
 from src.models.registry import build_model
 from src.training.device.parallel import make_mesh, replicated, split_on_devices
+from src.training.keys import estimator_keys, run_keys, step_key
 from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.run import checkpoint
 from src.training.run.rundir import prepare, run_paths
-from src.training.setup import Setup, derive_keys, setup
+from src.training.setup import Setup, setup
 from src.training.state import param_count, split_model
 from src.utils.config import apply_overrides, freeze, read_schema, to_plain, validate
 from src.utils.errors import ConfigError
@@ -97,7 +98,7 @@ def reference_step(cfg: Any, steps: int) -> Callable[[], float]:
     tcfg = cfg.training
     splits = load_splits(cfg.data)
     batch = np.asarray(splits.train[: tcfg.batch_size])
-    init_key = derive_keys(tcfg.seed)["init"]
+    init_key = run_keys(tcfg.seed)["init"]
     model = build_model(cfg.model, batch.shape[1:], nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
     tx, _ = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs)
@@ -179,7 +180,7 @@ def bare_step(
     run = build_step(cfg)
     keys, batches, per_epoch, state = run.keys, run.batches, run.steps_per_epoch, run.state
     batch = batches(0)
-    key = jax.random.fold_in(keys["train"], 0)
+    key = step_key(keys["train"], 0)
     setup_s = time.perf_counter() - started
 
     tic = time.perf_counter()
@@ -190,7 +191,7 @@ def bare_step(
     tic = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - tic
-    step_keys = [jax.random.fold_in(keys["train"], s) for s in range(steps)]  # [0] is key
+    step_keys = [step_key(keys["train"], s) for s in range(steps)]  # [0] is key
     time_steps, latest = step_timer(
         lambda state, batch, k: compiled(state, batch, k, active), state, batch, step_keys
     )
@@ -305,11 +306,11 @@ def iwae_seconds(cfg: Any, num_images: int, ceiling: float) -> dict[str, Any]:
     with freshly initialized parameters: the cost does not depend on their values. The first
     batch includes the compilation; it is reported on its own.
     """
-    from src.evaluation.evaluate import derive_eval_keys, make_posterior_step, posterior_pass
+    from src.evaluation.evaluate import make_posterior_step, posterior_pass
 
     splits = load_splits(cfg.data)
     x = splits.test[:num_images]
-    init_key = derive_keys(cfg.training.seed)["init"]
+    init_key = run_keys(cfg.training.seed)["init"]
     model = build_model(cfg.model, x.shape[1:], nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
     mesh = make_mesh(jax.local_devices())
@@ -320,7 +321,7 @@ def iwae_seconds(cfg: Any, num_images: int, ceiling: float) -> dict[str, Any]:
         iwae_samples=cfg.eval.iwae_samples,
         iwae_chunk=cfg.eval.iwae_chunk,
     )
-    keys = derive_eval_keys(cfg.training.seed)
+    keys = estimator_keys(cfg.training.seed)
     split = split_on_devices(mesh)
     tic = time.perf_counter()
     posterior_pass(step, params, x[: cfg.eval.batch_size], cfg.eval.batch_size, keys, split)

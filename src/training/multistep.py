@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from src.data.batches import Rows, batch_spec, gather
+from src.training.keys import step_key
 from src.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -79,7 +80,7 @@ def make_multi_step(
             # leaves the state as it is (its update sits in a lax.cond; the forward and
             # backward passes stay outside, where XLA on CPU runs convolutions fastest).
             halted = jnp.any(state.step != first + i) if stop else jnp.bool_(False)
-            key = jax.random.fold_in(train_key, first + i)
+            key = step_key(train_key, first + i)
             new, metrics = train_step(state, x, key, jnp.logical_not(halted))
             seen = {k: metrics[k] for k in LAST}
             bad = jnp.bool_(False)

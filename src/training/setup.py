@@ -25,16 +25,11 @@ from src.training.device.parallel import (
     select_devices,
     split_on_devices,
 )
+from src.training.keys import run_keys
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
 from src.training.step import Objective, StepFn, make_eval_step, make_train_step
 from src.utils.reproducibility import seed_host_rngs
-
-
-def derive_keys(seed: int) -> dict[str, jax.Array]:
-    """One root key split once into the four streams the run uses."""
-    init, data, train, evaluation = jax.random.split(jax.random.key(seed), 4)
-    return {"init": init, "data": data, "train": train, "eval": evaluation}
 
 
 class Setup(NamedTuple):
@@ -63,7 +58,7 @@ def setup(cfg: Any) -> Setup:
     tcfg = cfg.training
     check_backend(cfg.parallel.backend)
     seed_host_rngs(tcfg.seed)
-    keys = derive_keys(tcfg.seed)
+    keys = run_keys(tcfg.seed)
     splits = load_splits(cfg.data)
     per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
     total_steps = tcfg.epochs * per_epoch

@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
 from src.training.device.parallel import AXIS, split_on_devices
+from src.training.keys import device_key, dropout_key, noise_keys
 from src.training.kl import free_bits_kl, kl_weight_from_config
 from src.training.losses import (
     decoder_log_probs,
@@ -51,7 +52,6 @@ from src.training.losses import (
 )
 from src.training.state import TrainState
 
-DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from split(key)
 StepFn = Callable[  # (state, batch, key, active: a bool scalar or Python bool)
     [TrainState, jax.Array, jax.Array, jax.Array | bool], tuple[TrainState, dict[str, jax.Array]]
 ]
@@ -86,7 +86,7 @@ def draw_noise(
     eps is [batch, latent_dim] for one sample per example, [batch, samples, latent_dim] for
     more: batch first either way, so it is split over the devices like x.
     """
-    k_eps, k_bin = jax.random.split(key)
+    k_eps, k_bin = noise_keys(key)
     if dynamic_binarize:
         x = binarize(k_bin, x)
     shape = (x.shape[0], latent_dim) if samples == 1 else (x.shape[0], samples, latent_dim)
@@ -302,7 +302,7 @@ def make_train_step(
             # over the devices (the transpose of the implicit broadcast), which global_mean
             # would turn into devices x the mean gradient. Under pmap the cast changes nothing.
             params = jax.lax.pcast(params, axis, to="varying")
-        key = jax.random.fold_in(key, device)  # dropout: each device its own masks (jit: one)
+        key = device_key(key, device)  # dropout: each device its own masks (jit: one)
         if objective.is_iwae:
             grads, metrics = iwae_grads(graphdef, params, x, eps, key, objective.gradient)
         else:
@@ -321,7 +321,7 @@ def make_train_step(
             state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array | bool
         ) -> tuple:
             x, eps = draw_noise(key, batch, latent_dim, dynamic_binarize, samples)
-            return body(state, x, eps, jax.random.fold_in(key, DROPOUT_STREAM), active)
+            return body(state, x, eps, dropout_key(key), active)
 
         return step
 
@@ -363,8 +363,7 @@ def make_train_step(
     def pmap_step(
         state: TrainState, batch: jax.Array, key: jax.Array, active: jax.Array | bool
     ) -> tuple:
-        dropout_key = jax.random.fold_in(key, DROPOUT_STREAM)
-        return mapped(state, *per_device_inputs(batch, key), dropout_key, active)
+        return mapped(state, *per_device_inputs(batch, key), dropout_key(key), active)
 
     return pmap_step
 

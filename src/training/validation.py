@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from src.data.pipeline import padded_batches
+from src.training.keys import batch_key
 
 
 def active_units(posterior_means: np.ndarray, threshold: float) -> int:
@@ -50,7 +51,7 @@ def evaluate_split(
     kl_sum: Any = 0.0
     means = []
     for i, (batch, mask) in enumerate(zip(batches, masks, strict=True)):
-        key_i = jax.random.fold_in(key, i)
+        key_i = batch_key(key, i)
         placed = on_devices(batch, batch_sharding), on_devices(mask, batch_sharding)
         out = jax.device_get(eval_step(params, *placed, key_i))
         recon_sum += float(out["recon_sum"])
