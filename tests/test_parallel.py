@@ -19,7 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from src.training.device.parallel import check_backend, initialize_distributed
+from src.training.device.parallel import check_backend
+from src.training.device.processes import initialize_distributed
 from src.training.run import checkpoint
 from src.training.setup import abstract_train_state
 from src.utils.config import load_config, load_saved_config
@@ -389,7 +390,7 @@ def test_distributed_auto_stays_off_without_a_cluster(monkeypatch):
 
 def test_distributed_auto_needs_several_processes(monkeypatch):
     """A one-task SLURM job stays single-process; a two-task one would initialize."""
-    from src.training.device.parallel import detected_process_count
+    from src.training.device.processes import detected_process_count
 
     slurm = {"SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "node1", "SLURM_PROCID": "0"}
     for name, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}.items():

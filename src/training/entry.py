@@ -198,21 +198,11 @@ def exit_status(e: BaseException) -> int:
 
 
 def writes_run_folder(parallel: Any) -> bool:
-    """Whether this process prepares and locks the run folder: process 0 of a multi-process run.
+    """Whether this process prepares and locks the run folder (processes.writes_before_start;
+    imported here, since it imports JAX and configure_determinism must run first)."""
+    from src.training.device.processes import writes_before_start
 
-    Decided from the config and the cluster environment, before jax.distributed starts: process
-    0 prepares the folder before it joins the others, so none of them can touch it earlier.
-    """
-    if parallel.distributed == "false":
-        return True
-    if parallel.process_id >= 0:
-        return bool(parallel.process_id == 0)
-    from src.training.device.parallel import (
-        detected_cluster,  # imports JAX: not for every command line
-    )
-
-    env = detected_cluster()
-    return env is None or bool(env.get_process_id() == 0)
+    return writes_before_start(parallel)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -20,11 +20,11 @@ import orbax.checkpoint as ocp
 from src.training import interval as accum
 from src.training.device.parallel import (
     from_backend,
-    initialize_distributed,
     replicated,
     split_on_devices,
     to_backend,
 )
+from src.training.device.processes import initialize_distributed, is_writer
 from src.training.kl import kl_weight_from_config
 from src.training.multistep import make_multi_step, steps_until_boundary
 from src.training.run import checkpoint, provenance, run_index
@@ -105,7 +105,7 @@ def train_and_evaluate(
     """
     tcfg = cfg.training
     initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
-    writer = jax.process_index() == 0
+    writer = is_writer()  # process 0 writes the run's files
 
     # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py).
     parts = setup(cfg)

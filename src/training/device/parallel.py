@@ -1,4 +1,6 @@
-"""Data parallelism over one mesh axis "data": multi-host setup, devices, state layouts.
+"""Data parallelism over one mesh axis "data": devices, the mesh, state layouts.
+
+The processes of a multi-host run (jax.distributed, which one writes) are processes.py's.
 
 The train state has one canonical layout, replicated over the mesh (NamedSharding(mesh, P())):
 that is what is saved, restored and validated, so checkpoints do not depend on the device
@@ -9,7 +11,6 @@ boundaries (start, validation, saves).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -20,50 +21,6 @@ from jax.sharding import PartitionSpec as P
 from src.utils.errors import ConfigError
 
 AXIS = "data"
-
-
-def detected_cluster() -> Any | None:
-    """The cluster environment JAX's own detection finds (SLURM, Open MPI, Cloud TPU, ...), or
-    None. Uses the ClusterEnv list jax.distributed.initialize() consults; opt-in methods
-    (mpi4py) only run when asked for, as in JAX."""
-    from jax._src.clusters import ClusterEnv  # no public API lists the environments
-
-    for env in ClusterEnv._cluster_types:
-        if not env.opt_in_only_method and env.is_env_present():
-            return env
-    return None
-
-
-def detected_process_count() -> int:
-    """Processes in the detected cluster; 1 if none."""
-    env = detected_cluster()
-    return 1 if env is None else int(env.get_process_count())
-
-
-def initialize_distributed(cfg: Any) -> bool:
-    """Runs jax.distributed.initialize() as the `parallel` config section asks; True if on.
-
-    Must run before anything touches the devices. distributed=auto turns it on when a
-    coordinator is given (parallel.coordinator_address or JAX_COORDINATOR_ADDRESS) or JAX
-    detects a cluster of several processes (a one-task SLURM job stays single-process, so
-    tests and notebooks run there too); unset values (""/0/-1) are left to JAX to detect.
-    """
-    if cfg.distributed == "false":
-        return False
-    if jax.distributed.is_initialized():  # e.g. by a launcher that imported us
-        return True
-    if cfg.distributed == "auto" and not (
-        cfg.coordinator_address
-        or os.environ.get("JAX_COORDINATOR_ADDRESS")
-        or detected_process_count() > 1
-    ):
-        return False
-    jax.distributed.initialize(
-        coordinator_address=cfg.coordinator_address or None,
-        num_processes=cfg.num_processes or None,
-        process_id=None if cfg.process_id < 0 else cfg.process_id,
-    )
-    return True
 
 
 def select_devices(num_devices: int, batch_size: int) -> list[Any]:
