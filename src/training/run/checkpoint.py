@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from src.training.device.processes import is_writer
 from src.utils.errors import RunDirError, StorageError
 from src.utils.io import atomic_write_json, read_json
 
@@ -153,7 +154,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
             raise
         raise _storage_error(manager, None, e) from e
     step = _unsummed.pop(id(manager), None)
-    if step is not None and jax.process_index() == 0:
+    if step is not None and is_writer():
         folder = Path(manager.directory) / str(step)
         try:
             atomic_write_json(folder / CHECKSUMS, {"sha256": file_digests(folder)})
@@ -321,7 +322,7 @@ def restore_newest(
         for bad, error in failed:
             folder = Path(manager.directory) / str(bad)
             aside = folder.with_name(f"{bad}.corrupt-{int(time.time())}")
-            if jax.process_index() == 0:  # one host moves it; all of them skip it
+            if is_writer():  # one host moves it; all of them skip it
                 folder.rename(aside)
             reason = error.reason if isinstance(error, CorruptStep) else _first_line(error)
             print(
