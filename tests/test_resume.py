@@ -23,9 +23,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from src.training.loop import train_and_evaluate
+from src.training.run.rundir import prepare, run_paths
 from src.utils.config import load_config
 from src.utils.errors import StorageError
-from src.utils.rundir import prepare, run_paths
 from tests.helpers import (
     BASELINE,
     REPO,
@@ -399,7 +399,7 @@ def test_bad_resume_flags_exit_2(tmp_path, args, message):
 
 
 def test_storage_failures_are_recognised_when_wrapped():
-    from src.utils.checkpoint import is_storage_failure
+    from src.training.run.checkpoint import is_storage_failure
 
     wrapped = ValueError('RESOURCE_EXHAUSTED: Failed writing: "x": No space left on device')
     assert is_storage_failure(wrapped) and is_storage_failure(PermissionError(13, "denied"))

@@ -18,28 +18,28 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from src.training import interval as accum
-from src.training.kl import kl_weight_from_config
-from src.training.multistep import make_multi_step, steps_until_boundary
-from src.training.setup import Setup, setup
-from src.training.state import TrainState, eval_params, param_bytes, param_count
-from src.training.step import Objective
-from src.training.validation import evaluate_split
-from src.utils import checkpoint, provenance, run_index
-from src.utils.config import config_hash, save_config
-from src.utils.console import Console, start_console
-from src.utils.errors import ConfigError, RunDirError
-from src.utils.io import atomic_write_json, read_json
-from src.utils.parallel import (
+from src.training.device.parallel import (
     from_backend,
     initialize_distributed,
     replicated,
     split_on_devices,
     to_backend,
 )
-from src.utils.profiling import StepProfiler
-from src.utils.recorder import Recorder, is_better
-from src.utils.rundir import RunPaths
-from src.utils.signals import StopRequest
+from src.training.kl import kl_weight_from_config
+from src.training.multistep import make_multi_step, steps_until_boundary
+from src.training.run import checkpoint, provenance, run_index
+from src.training.run.console import Console, start_console
+from src.training.run.profiling import StepProfiler
+from src.training.run.recorder import Recorder, is_better
+from src.training.run.rundir import RunPaths
+from src.training.run.signals import StopRequest
+from src.training.setup import Setup, setup
+from src.training.state import TrainState, eval_params, param_bytes, param_count
+from src.training.step import Objective
+from src.training.validation import evaluate_split
+from src.utils.config import config_hash, save_config
+from src.utils.errors import ConfigError, RunDirError
+from src.utils.io import atomic_write_json, read_json
 
 
 class TrainRecord(NamedTuple):

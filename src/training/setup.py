@@ -17,10 +17,7 @@ from jax.sharding import Mesh
 from src.data.batches import DeviceBatches, StreamedBatches, make_batches
 from src.data.pipeline import Splits, load_splits, steps_per_epoch
 from src.models.registry import build_model
-from src.training.optim import build_optimizer
-from src.training.state import TrainState, init_state, split_model
-from src.training.step import Objective, Stability, StepFn, make_eval_step, make_train_step
-from src.utils.parallel import (
+from src.training.device.parallel import (
     check_backend,
     check_eval_batch,
     make_mesh,
@@ -28,6 +25,9 @@ from src.utils.parallel import (
     select_devices,
     split_on_devices,
 )
+from src.training.optim import build_optimizer
+from src.training.state import TrainState, init_state, split_model
+from src.training.step import Objective, Stability, StepFn, make_eval_step, make_train_step
 from src.utils.reproducibility import seed_host_rngs
 
 

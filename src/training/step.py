@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
+from src.training.device.parallel import AXIS, split_on_devices
 from src.training.kl import free_bits_kl, kl_weight_from_config
 from src.training.losses import (
     decoder_log_probs,
@@ -49,7 +50,6 @@ from src.training.losses import (
     vae_terms,
 )
 from src.training.state import TrainState, update_ema
-from src.utils.parallel import AXIS, split_on_devices
 
 DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from split(key)
 StepFn = Callable[  # (state, batch, key, active: a bool scalar or Python bool)
