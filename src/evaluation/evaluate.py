@@ -28,7 +28,7 @@ from src.training.device.parallel import check_eval_batch, make_mesh, replicated
 from src.training.keys import batch_key, estimator_keys
 from src.training.run import checkpoint
 from src.training.setup import abstract_train_state
-from src.training.state import TrainState
+from src.training.state import TrainState, eval_params
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
 from src.utils.config import config_hash, load_saved_config, parse_override
@@ -269,11 +269,12 @@ def evaluate_run(
     check_eval_batch(cfg.eval.batch_size, mesh)
     state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh))
 
-    metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys, mesh)
+    params = eval_params(state, cfg.eval.use_ema)
+    metrics, post = compute_metrics(cfg, graphdef, params, x, keys, mesh)
     arrays = None
     if cfg.eval.figures:
         arrays = figure_arrays(
-            cfg, graphdef, state.params, x, post, metrics["kl_per_dim"], keys["figures"]
+            cfg, graphdef, params, x, post, metrics["kl_per_dim"], keys["figures"]
         )
     record = {
         "run_id": run_dir.name,

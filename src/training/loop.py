@@ -34,7 +34,7 @@ from src.training.run.recorder import Recorder, is_better
 from src.training.run.rundir import RunPaths
 from src.training.run.signals import StopRequest
 from src.training.setup import Setup, setup
-from src.training.state import TrainState, param_bytes, param_count
+from src.training.state import TrainState, eval_params, param_bytes, param_count
 from src.training.step import Objective
 from src.training.validation import evaluate_split
 from src.utils.config import config_hash, save_config
@@ -355,8 +355,8 @@ def write_train_record(run: Run, p: Progress, record: TrainRecord) -> None:
     if skipped > tcfg.max_skipped_fraction * record.step and p.diverged is None:
         p.diverged = {
             "step": record.step,
-            "reason": f"{skipped} of {record.step} steps skipped (non-finite), more than "
-            f"training.max_skipped_fraction={tcfg.max_skipped_fraction}",
+            "reason": f"{skipped} of {record.step} steps skipped ({skip_causes(tcfg)}), "
+            f"more than training.max_skipped_fraction={tcfg.max_skipped_fraction}",
         }
 
 
@@ -367,7 +367,7 @@ def validate(run: Run, p: Progress) -> None:
     canonical = run.canonical(p.state)
     metrics = evaluate_split(
         parts.eval_step,
-        canonical.params,
+        eval_params(canonical, cfg.eval.use_ema),
         parts.splits.val,
         cfg.eval.batch_size,
         parts.keys["eval"],
@@ -482,8 +482,15 @@ def applied_steps(state: Any) -> int:
     return int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
 
 
+def skip_causes(tcfg: Any) -> str:
+    """Why steps are skipped, for the divergence reason."""
+    if tcfg.skip_grad_norm > 0:
+        return f"non-finite, or gradient norm >= training.skip_grad_norm={tcfg.skip_grad_norm}"
+    return "non-finite"
+
+
 def total_skipped(history: list[dict[str, Any]]) -> int:
-    """Steps dropped by nan_policy skip so far, from the train records."""
+    """Updates dropped so far (non-finite, or a large gradient norm), from the train records."""
     return int(sum(r.get("skipped_steps", 0) for r in history if r["split"] == "train"))
 
 

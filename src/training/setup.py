@@ -28,7 +28,7 @@ from src.training.device.parallel import (
 from src.training.keys import run_keys
 from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
-from src.training.step import Objective, StepFn, make_eval_step, make_train_step
+from src.training.step import Objective, Stability, StepFn, make_eval_step, make_train_step
 from src.utils.reproducibility import seed_host_rngs
 
 
@@ -100,9 +100,11 @@ def build_state(
         model = build_model(cfg.model, image_shape, nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
     tx, schedule = build_optimizer(cfg.optimizer, cfg.training.lr, total_steps)
+    with_ema = cfg.training.ema.decay > 0
     if init_key is None:
-        return graphdef, tx, schedule, jax.eval_shape(lambda p: init_state(p, tx), params)
-    return graphdef, tx, schedule, init_state(params, tx)
+        abstract = jax.eval_shape(lambda p: init_state(p, tx, with_ema), params)
+        return graphdef, tx, schedule, abstract
+    return graphdef, tx, schedule, init_state(params, tx, with_ema)
 
 
 def abstract_train_state(
@@ -135,4 +137,5 @@ def build_train_step(
         dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,
         objective=Objective.from_config(tcfg),
+        stability=Stability.from_config(tcfg),
     )
