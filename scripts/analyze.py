@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.evaluation.notebook import analyze_main  # noqa: E402
+from src.evaluation.cli import analyze_main  # noqa: E402
 from src.utils.cli import run  # noqa: E402
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ configure_determinism(
     gpu=True
 )  # before JAX is imported anywhere; evaluation is always deterministic
 
-from src.evaluation.entry import main  # noqa: E402
+from src.evaluation.cli import evaluate_main  # noqa: E402
 from src.utils.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(run(evaluate_main))

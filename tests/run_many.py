@@ -14,7 +14,7 @@ from src.utils.reproducibility import configure_determinism
 
 if __name__ == "__main__":
     configure_determinism(gpu=True)
-    from src.training.entry import main
+    from src.training.cli import train_main as main
     from src.utils.cli import run
 
     for argv in json.loads(sys.argv[1]):

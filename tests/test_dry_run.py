@@ -35,7 +35,7 @@ def test_dry_run_writes_nothing_and_reports_the_run(tmp_path):
     assert re.search(r"device memory: +about [\d.]+ [KMG]i?B per device", out)
 
     # The parameter count of a real run of the same config.
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     args = [f"--config={BASELINE}", f"--workdir={workdir}", "--run_id=real"]
     assert main([*args, *(f"--config.{o}" for o in TINY)]) == 0

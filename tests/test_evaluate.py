@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from src.evaluation.entry import main
+from src.evaluation.cli import evaluate_main as main
 from src.evaluation.evaluate import evaluate_run
 from src.training.device.parallel import make_mesh, replicated, split_on_devices
 from src.training.keys import estimator_keys

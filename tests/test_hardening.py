@@ -83,7 +83,7 @@ def index_rows(workdir: Path) -> list[dict[str, str]]:
     ],
 )
 def test_overwrite_that_fails_its_checks_keeps_the_old_run(tmp_path, extra, error, message):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     files = fake_run(tmp_path, "keep")
     before = (tmp_path / "runs.csv").read_text()
@@ -99,7 +99,7 @@ def test_overwrite_that_fails_its_checks_keeps_the_old_run(tmp_path, extra, erro
 
 def test_overwrite_deletes_the_old_run_once_the_new_one_starts(tmp_path, monkeypatch):
     from src.training import loop, setup
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     files = fake_run(tmp_path, "keep")
     seen: dict[str, Any] = {}
@@ -159,7 +159,7 @@ def test_an_overwrite_killed_after_its_commit_point_finishes_deleting(tmp_path):
 
 def test_a_closed_output_pipe_does_not_stop_training(tmp_path, monkeypatch):
     """As `train.py ... 2>&1 | head -3`: stdout and stderr are a pipe whose reader has gone."""
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -179,7 +179,7 @@ def test_a_closed_output_pipe_does_not_stop_training(tmp_path, monkeypatch):
 
 
 def test_resume_of_a_run_without_checkpoint_says_so(tmp_path):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     paths = run_paths(tmp_path, "early")
     prepare(paths, resume=False, overwrite=False)
@@ -216,7 +216,7 @@ def held_lock(tmp_path):
 
 
 def test_a_second_writer_is_refused_naming_the_run_and_the_holder(held_lock):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     paths, proc = held_lock
     workdir = paths.run_dir.parents[1]
@@ -276,7 +276,7 @@ def default_handlers():
 
 
 def test_sighup_stops_a_run_like_sigterm(tmp_path, monkeypatch, default_handlers, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     at_batch(monkeypatch, 29, lambda: os.kill(os.getpid(), signal.SIGHUP))
     assert main(cli_args(tmp_path, "hup")) == 128 + signal.SIGHUP
@@ -291,7 +291,7 @@ def test_a_signal_before_training_starts_keeps_the_replaced_run(
     tmp_path, monkeypatch, default_handlers, capsys
 ):
     from src.training import setup
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     files = fake_run(tmp_path, "keep")
     load_splits = setup.load_splits
@@ -314,7 +314,7 @@ def test_a_signal_after_the_loop_leaves_a_completed_run_and_exit_0(
 ):
     """The last moments: the loop has ended, the record is being closed."""
     from src.training import loop
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     record_end = loop.run_index.record_end
 
@@ -349,7 +349,7 @@ def test_a_signal_after_the_command_ended_exits_with_its_status():
 
 
 def test_a_300_character_run_id_is_refused_naming_the_limit(tmp_path):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     with pytest.raises(RunDirError, match="300 characters; at most 200"):
         main(cli_args(tmp_path, "a" * 300))
@@ -360,7 +360,7 @@ def test_a_300_character_run_id_is_refused_naming_the_limit(tmp_path):
 
 
 def test_skipping_more_than_the_allowed_share_of_steps_fails_the_run(tmp_path, monkeypatch, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     inject_nan_at(monkeypatch, set(range(20, 88)))  # diverged after step 20
     status = main(cli_args(tmp_path, "skip", "--config.training.nan_policy=skip"))
@@ -377,7 +377,7 @@ def test_a_nonfinite_validation_fails_the_run(tmp_path, monkeypatch):
     import numpy as np
 
     from src.training import loop
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     evaluate_split = loop.evaluate_split
 
@@ -400,7 +400,7 @@ def test_a_nonfinite_validation_fails_the_run(tmp_path, monkeypatch):
 def stopped_run(tmp_path, monkeypatch, default_handlers) -> Path:
     """A tiny run stopped by SIGTERM at step 30 (model_last holds steps 20 and 30); its run
     folder."""
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     at_batch(monkeypatch, 29, lambda: os.kill(os.getpid(), signal.SIGTERM))
     keep = "--config.checkpoint.keep_last=2"
@@ -410,7 +410,7 @@ def stopped_run(tmp_path, monkeypatch, default_handlers) -> Path:
 
 
 def resume(run_dir: Path) -> int:
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     return main([f"--workdir={run_dir.parents[1]}", f"--run_id={run_dir.name}", "--resume"])
 
@@ -449,7 +449,7 @@ def test_a_read_only_workdir_is_exit_4_with_one_line(tmp_path, monkeypatch, caps
     whom permissions do not stop, so the file system calls are replaced)."""
     import errno
 
-    from src.training.entry import main
+    from src.training.cli import train_main as main
     from src.utils.cli import run
 
     workdir = tmp_path / "ro"
@@ -534,7 +534,7 @@ def test_a_truncated_step_falls_back_with_one_warning_line(stopped_run, capsys):
 
 
 def test_a_truncated_only_checkpoint_is_exit_4_with_one_line(stopped_run, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
     from src.utils.cli import run
 
     shutil.rmtree(stopped_run / "model_last" / "20")
@@ -550,7 +550,7 @@ def test_a_truncated_only_checkpoint_is_exit_4_with_one_line(stopped_run, capsys
 
 @pytest.mark.parametrize("target", ["data", "state/_METADATA", "metadata without checksums"])
 def test_evaluate_refuses_a_corrupted_checkpoint_with_exit_4(stopped_run, capsys, target):
-    from src.evaluation.entry import main
+    from src.evaluation.cli import evaluate_main as main
     from src.utils.cli import run
 
     step = stopped_run / "model_best" / "20"
@@ -577,7 +577,7 @@ def test_a_failed_best_save_is_not_claimed_by_the_record(tmp_path, monkeypatch, 
     must keep naming the best checkpoint that is on disk."""
     import orbax.checkpoint as ocp
 
-    from src.training.entry import main
+    from src.training.cli import train_main as main
     from src.utils.cli import run
 
     lost: set[int] = set()
@@ -786,7 +786,7 @@ def test_checksums_follow_a_finished_save_at_the_next_boundary(tmp_path, monkeyp
     """Not only at the next save: a kill in between would leave the newest step unchecked."""
     import time
 
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     checksums = tmp_path / "checkpoints" / "c" / "model_last" / "20" / "checksums.json"
     seen: list[bool] = []

@@ -17,7 +17,7 @@ def _history(workdir, run):
 
 
 def test_profile_writes_a_trace_and_changes_no_number(tmp_path, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     base = [f"--config={BASELINE}", f"--workdir={tmp_path}", *(f"--config.{o}" for o in TINY)]
     profile = ["--config.profile.enabled=true", "--config.profile.start_step=10"]

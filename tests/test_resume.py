@@ -209,7 +209,7 @@ def test_a_failing_run_keeps_the_train_record_of_its_last_boundary(tmp_path, mon
 
 
 def test_nan_policy_stop_keeps_last_good_state_and_best(tmp_path, monkeypatch, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     inject_nan_at(monkeypatch, {25})  # the 26th update; validation and model_best at step 20
     status = main(cli_args(tmp_path, "n"))
@@ -355,7 +355,7 @@ def saved_run(tmp_path: Path, overrides: list[str]):
 
 
 def test_resume_keeps_the_saved_config_and_allows_a_new_length(tmp_path):
-    from src.training.entry import resume_config
+    from src.training.cli import resume_config
 
     paths, args = saved_run(tmp_path, list(TINY))
     assert resume_config(args, [], paths) == load_config(BASELINE, overrides=TINY)
@@ -375,7 +375,7 @@ def test_resume_keeps_the_saved_config_and_allows_a_new_length(tmp_path):
     ],
 )
 def test_resume_refuses_other_changes(tmp_path, saved, asked, message):
-    from src.training.entry import resume_config
+    from src.training.cli import resume_config
     from src.utils.errors import ConfigError
 
     paths, args = saved_run(tmp_path, [*TINY, *saved])
@@ -416,7 +416,7 @@ def test_storage_failures_are_recognised_when_wrapped():
 def test_longer_resume_with_constant_schedule_equals_a_fresh_longer_run(tmp_path, reference):
     from argparse import Namespace
 
-    from src.training.entry import resume_config
+    from src.training.cli import resume_config
     from src.utils.config import load_saved_config
 
     shutil.copytree(reference, tmp_path / "checkpoints" / "x")

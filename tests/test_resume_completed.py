@@ -18,7 +18,7 @@ def _snapshot(workdir: Path) -> dict[str, bytes]:
 
 
 def test_resume_of_a_completed_run_says_so_and_writes_nothing(tmp_path, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     args = [f"--workdir={tmp_path}", "--run_id=done"]
     assert main([f"--config={BASELINE}", *args, *(f"--config.{o}" for o in TINY)]) == 0
@@ -40,7 +40,7 @@ def test_resume_of_a_completed_run_says_so_and_writes_nothing(tmp_path, capsys):
 
 
 def test_a_raised_epochs_still_continues_a_completed_run(tmp_path, capsys):
-    from src.training.entry import main
+    from src.training.cli import train_main as main
 
     args = [f"--workdir={tmp_path}", "--run_id=more"]
     assert main([f"--config={BASELINE}", *args, *(f"--config.{o}" for o in TINY)]) == 0

@@ -1,8 +1,13 @@
-"""The sweep, log_experiment and check_experiments commands: flags -> src.experiments calls."""
+"""The commands of experiments: sweep, log_experiment, check_experiments and benchmark
+(scripts/<command>.py calls <command>_main): flags -> src.experiments calls.
+
+Nothing here imports JAX at the top (the benchmark sets the XLA flags before JAX starts)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 import threading
 import time
@@ -13,8 +18,9 @@ from src.experiments import experiment_log, runner, summary
 from src.experiments.spec import REPO_ROOT, Trial, expand, load_sweep
 from src.training.run.run_index import FILE_NAME as RUN_INDEX_FILE
 from src.training.run.run_index import read_rows
-from src.utils.cli import ArgumentParser
-from src.utils.errors import RunDirError, UserError
+from src.utils.cli import ArgumentParser, interrupted_status, run, split_overrides
+from src.utils.config import load_config
+from src.utils.errors import ConfigError, RunDirError, UserError
 from src.utils.io import atomic_write_json
 
 SOME_TRIALS_FAILED = 1
@@ -147,6 +153,19 @@ def _prior_seconds(trials: Sequence[Trial], workdir: Path) -> list[float]:
 
 
 def sweep_main(argv: Sequence[str]) -> int:
+    """The sweep command. A signal stops it after its running trials have saved and stopped:
+    exit 128 + signal number; Ctrl-C outside the trials (loading, summary) ends it without a
+    traceback."""
+    try:
+        status = run(sweep, argv)
+    except KeyboardInterrupt:
+        print("sweep: interrupted (SIGINT)", file=sys.stderr)
+        return interrupted_status(signal.SIGINT)
+    signum = runner.stopped_by()
+    return interrupted_status(signum) if signum is not None else status
+
+
+def sweep(argv: Sequence[str]) -> int:
     parser = ArgumentParser(
         prog="sweep.py",
         description="Run a parameter sweep of training runs: every trial of the sweep file is "
@@ -283,3 +302,54 @@ def check_experiments_main(argv: Sequence[str]) -> int:
     if not problems:
         print(f"EXPERIMENTS.md documents all {len(configs)} experiment configs")
     return 1 if problems else 0
+
+
+def benchmark_main(argv: Sequence[str], started: float) -> int:
+    """The benchmark command; started is perf_counter() when the process began (time to the first
+    step counts from there, imports included)."""
+    rest, overrides = split_overrides(argv)
+    parser = ArgumentParser(prog="benchmark.py", description="Measure training speed of a config.")
+    parser.add_argument("--config", help="experiment YAML, e.g. configs/experiment/baseline.yaml")
+    parser.add_argument("--model", help="model group file to use instead of the experiment's")
+    parser.add_argument("--data", help="data group file to use instead of the experiment's")
+    parser.add_argument("--steps", type=int, default=300, help="steps per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; medians are reported")
+    parser.add_argument("--matmul_size", type=int, default=2048, help="n of the n x n ceiling")
+    parser.add_argument(
+        "--iwae_images", type=int, default=0, help="also time IWAE on this many test images"
+    )
+    parser.add_argument("--out", default="results/benchmark.json", help="JSON file to write")
+    args = parser.parse_args(rest)
+    if not args.config:
+        raise ConfigError("--config is required, e.g. --config=configs/experiment/baseline.yaml")
+    for name in ("steps", "repeats", "matmul_size"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} must be > 0, got {getattr(args, name)}")
+    if args.iwae_images < 0:
+        raise ConfigError(f"--iwae_images must be >= 0, got {args.iwae_images}")
+    cfg = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
+    from src.utils.reproducibility import configure_determinism
+
+    configure_determinism(cfg.compile.deterministic_gpu)  # before JAX starts a backend
+
+    from src.training.device.compilation import enable_cache
+
+    enable_cache(cfg.compile)  # before the first compilation
+    from src.experiments.benchmark import run_benchmark
+
+    result = run_benchmark(
+        cfg, args.steps, args.repeats, args.matmul_size, args.iwae_images, started
+    )
+    result["command"] = [sys.executable, *sys.argv]
+    atomic_write_json(Path(args.out), result)
+    print(json.dumps(result, indent=2))
+    ref = result["reference"]
+    print(
+        f"project step {result['examples_per_s']:,.0f} examples/s, reference (plain Flax) step "
+        f"{ref['examples_per_s']:,.0f} examples/s: ratio {ref['bare_over_reference']:.3f}; "
+        f"the loop (steps_per_call {result['steps_per_call']}) "
+        f"{result['loop']['examples_per_s']:,.0f} examples/s: "
+        f"ratio {result['loop']['over_reference']:.3f}",
+        file=sys.stderr,
+    )
+    return 0

@@ -205,7 +205,7 @@ def writes_run_folder(parallel: Any) -> bool:
     return writes_before_start(parallel)
 
 
-def main(argv: Sequence[str]) -> int:
+def train_main(argv: Sequence[str]) -> int:
     """The train command; a closed stdout or stderr (`| head`, a closed terminal) is ignored.
 
     Signals (src/utils/signals.py): before training starts, SIGTERM/SIGINT/SIGHUP stop the

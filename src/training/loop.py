@@ -100,7 +100,7 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains cfg's model, validating and checkpointing as configured; returns metrics.json.
 
-    on_start is called once every check has passed, just before the first step (entry.py
+    on_start is called once every check has passed, just before the first step (cli.py
     deletes the run an --overwrite replaces there).
     """
     tcfg = cfg.training

@@ -2,7 +2,7 @@
 
 Two handlers share the work:
 
-- CommandGuard, installed by the train command (src/training/entry.py) for its whole duration.
+- CommandGuard, installed by the train command (src/training/cli.py) for its whole duration.
   Before the training loop has started, a signal raises Interrupted (a BaseException, so no
   `except Exception` swallows it): nothing has been trained, the command undoes what it
   prepared (an --overwrite'n run comes back) and exits 128 + signal number. After the loop, a
