@@ -162,3 +162,23 @@ def test_benchmark_writes_well_formed_json(tmp_path):
 def test_benchmark_refuses_bad_flags(tmp_path):
     result = run_script("benchmark.py", f"--config={BASELINE}", "--steps=0", timeout=120)
     assert result.returncode == 2 and "--steps must be > 0" in result.stderr
+
+
+def test_the_reference_step_schedules_over_the_runs_total_steps(monkeypatch):
+    """The reference step's optimizer decays over the run's steps, as the loop's does (its
+    third argument is total_steps, not epochs)."""
+    from src.experiments import benchmark
+    from src.training.optim import build_optimizer
+    from src.utils.config import load_config
+
+    cfg = load_config(BASELINE, overrides=["optimizer.schedule=warmup_cosine"])
+    horizons = []
+
+    def spy(optimizer, peak_lr, total_steps):
+        horizons.append(total_steps)
+        return build_optimizer(optimizer, peak_lr, total_steps)
+
+    monkeypatch.setattr(benchmark, "build_optimizer", spy)
+    benchmark.reference_step(cfg, 1)
+    assert horizons == [benchmark.build_step(cfg).total_steps]
+    assert horizons[0] == cfg.training.epochs * 22  # 1437 digits in training, 64 a batch

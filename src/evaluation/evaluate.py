@@ -20,14 +20,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
+from src.data.pipeline import load_splits, padded_batches
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
 from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
 from src.training.keys import batch_key, estimator_keys
 from src.training.run import checkpoint
-from src.training.setup import abstract_train_state
+from src.training.setup import abstract_train_state, planned_steps
 from src.training.state import TrainState, eval_params
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
@@ -262,7 +262,7 @@ def evaluate_run(
     keys = estimator_keys(cfg.training.seed)
     splits = load_splits(cfg.data)
     x = getattr(splits, split)
-    total_steps = cfg.training.epochs * steps_per_epoch(len(splits.train), cfg.training.batch_size)
+    _, total_steps = planned_steps(cfg.training, len(splits.train))
     graphdef, abstract = abstract_train_state(cfg, splits.train.shape[1:], total_steps)
     # Every local device: the parameters replicated, each batch split over the devices.
     mesh = make_mesh(jax.local_devices())

@@ -44,7 +44,7 @@ from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.run import checkpoint
 from src.training.run.rundir import prepare, run_paths
-from src.training.setup import Setup, setup
+from src.training.setup import Setup, planned_steps, setup
 from src.training.state import param_count, split_model
 from src.utils.config import apply_overrides, freeze, read_schema, to_plain, validate
 from src.utils.errors import ConfigError
@@ -101,7 +101,7 @@ def reference_step(cfg: Any, steps: int) -> Callable[[], float]:
     init_key = run_keys(tcfg.seed)["init"]
     model = build_model(cfg.model, batch.shape[1:], nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
-    tx, _ = build_optimizer(cfg.optimizer, tcfg.lr, tcfg.epochs)
+    tx, _ = build_optimizer(cfg.optimizer, tcfg.lr, planned_steps(tcfg, len(splits.train))[1])
     opt_state = tx.init(params)
     binarize = cfg.data.binarize == "dynamic"
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 import jax
 
 from src.data.batches import fits_on_device
-from src.data.pipeline import load_splits, steps_per_epoch
+from src.data.pipeline import load_splits
 from src.training.device.parallel import (
     check_eval_batch,
     make_mesh,
@@ -25,7 +25,7 @@ from src.training.device.parallel import (
 )
 from src.training.run.console import number, param_table, size
 from src.training.run.rundir import RunPaths
-from src.training.setup import build_state, build_train_step
+from src.training.setup import build_state, build_train_step, planned_steps
 from src.training.state import param_bytes, param_count
 from src.utils.config import config_hash
 
@@ -70,8 +70,7 @@ def dry_run(cfg: Any, paths: RunPaths, *, resume: bool = False) -> str:
     tcfg = cfg.training
     splits = load_splits(cfg.data)
     image_shape = tuple(splits.train.shape[1:])
-    per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
-    total_steps = tcfg.epochs * per_epoch
+    per_epoch, total_steps = planned_steps(tcfg, len(splits.train))
     devices = select_devices(cfg.parallel.num_devices, tcfg.batch_size)
     mesh = make_mesh(devices)
     check_eval_batch(cfg.eval.batch_size, mesh)

@@ -32,6 +32,13 @@ from src.training.step import Objective, Stability, StepFn, make_eval_step, make
 from src.utils.reproducibility import seed_host_rngs
 
 
+def planned_steps(training: Any, num_train: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run of training.epochs passes over num_train
+    examples; the total is the horizon of the learning-rate schedule."""
+    per_epoch = steps_per_epoch(num_train, training.batch_size)
+    return per_epoch, training.epochs * per_epoch
+
+
 class Setup(NamedTuple):
     """Everything a run needs before its first step."""
 
@@ -60,8 +67,7 @@ def setup(cfg: Any) -> Setup:
     seed_host_rngs(tcfg.seed)
     keys = run_keys(tcfg.seed)
     splits = load_splits(cfg.data)
-    per_epoch = steps_per_epoch(len(splits.train), tcfg.batch_size)
-    total_steps = tcfg.epochs * per_epoch
+    per_epoch, total_steps = planned_steps(tcfg, len(splits.train))
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
     check_eval_batch(cfg.eval.batch_size, mesh)
     batches = make_batches(
