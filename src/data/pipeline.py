@@ -104,6 +104,13 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
+def planned_steps(training: Any, num_examples: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) of training.epochs passes over num_examples; the total is
+    also the horizon of the learning-rate schedule."""
+    per_epoch = steps_per_epoch(num_examples, training.batch_size)
+    return per_epoch, training.epochs * per_epoch
+
+
 @functools.partial(jax.jit, static_argnames="num_examples")
 def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
     """The example order of one epoch: a pure function of (data_key, epoch), so resume replays it.

@@ -20,14 +20,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from src.data.pipeline import load_splits, padded_batches
+from src.data.pipeline import load_splits, padded_batches, planned_steps
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
 from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
 from src.training.keys import batch_key, estimator_keys
 from src.training.run import checkpoint
-from src.training.setup import abstract_train_state, planned_steps
+from src.training.setup import abstract_train_state
 from src.training.state import TrainState, eval_params
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from src.data.pipeline import load_splits
+from src.data.pipeline import load_splits, planned_steps
 from src.models.registry import build_model
 from src.training.device.parallel import make_mesh, replicated, split_on_devices
 from src.training.keys import estimator_keys, run_keys, step_key
@@ -44,7 +44,7 @@ from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.run import checkpoint
 from src.training.run.rundir import prepare, run_paths
-from src.training.setup import Setup, planned_steps, setup
+from src.training.setup import Setup, setup
 from src.training.state import param_count, split_model
 from src.utils.config import apply_overrides, freeze, read_schema, to_plain, validate
 from src.utils.errors import ConfigError

@@ -15,7 +15,7 @@ from typing import Any, cast
 import jax
 
 from src.data.batches import fits_on_device
-from src.data.pipeline import load_splits
+from src.data.pipeline import load_splits, planned_steps
 from src.training.device.parallel import (
     check_eval_batch,
     make_mesh,
@@ -25,7 +25,7 @@ from src.training.device.parallel import (
 )
 from src.training.run.console import number, param_table, size
 from src.training.run.rundir import RunPaths
-from src.training.setup import build_state, build_train_step, planned_steps
+from src.training.setup import build_state, build_train_step
 from src.training.state import param_bytes, param_count
 from src.utils.config import config_hash
 

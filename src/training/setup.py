@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from src.data.batches import DeviceBatches, StreamedBatches, make_batches
-from src.data.pipeline import Splits, load_splits, steps_per_epoch
+from src.data.pipeline import Splits, load_splits, planned_steps
 from src.models.registry import build_model
 from src.training.device.parallel import (
     check_backend,
@@ -30,13 +30,6 @@ from src.training.optim import build_optimizer
 from src.training.state import TrainState, init_state, split_model
 from src.training.step import Objective, Stability, StepFn, make_eval_step, make_train_step
 from src.utils.reproducibility import seed_host_rngs
-
-
-def planned_steps(training: Any, num_train: int) -> tuple[int, int]:
-    """(steps per epoch, total steps) of a run of training.epochs passes over num_train
-    examples; the total is the horizon of the learning-rate schedule."""
-    per_epoch = steps_per_epoch(num_train, training.batch_size)
-    return per_epoch, training.epochs * per_epoch
 
 
 class Setup(NamedTuple):
@@ -63,11 +56,11 @@ def setup(cfg: Any) -> Setup:
     run, jax.distributed must be initialized first.
     """
     tcfg = cfg.training
-    check_backend(cfg.parallel.backend)
     seed_host_rngs(tcfg.seed)
     keys = run_keys(tcfg.seed)
     splits = load_splits(cfg.data)
     per_epoch, total_steps = planned_steps(tcfg, len(splits.train))
+    check_backend(cfg.parallel.backend)
     mesh = make_mesh(select_devices(cfg.parallel.num_devices, tcfg.batch_size))
     check_eval_batch(cfg.eval.batch_size, mesh)
     batches = make_batches(
