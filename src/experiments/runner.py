@@ -14,7 +14,7 @@ model_last and stop; trials not yet started are not started; the sweep waits for
 ones, writes its summary and exits 128 + signal number (`stopped_by`). A second signal is passed
 on too: the trials exit at once, keeping their last complete checkpoint. A re-run resumes them.
 
-A trial whose run folder another process holds (its writer lock, src/utils/rundir.py) is not
+A trial whose run folder another process holds (its writer lock, src/training/run/rundir.py) is not
 started: it is reported `busy` with that process's PID, and the next invocation decides again.
 A failing trial is recorded with the last line of its log and the others go on.
 """

@@ -208,7 +208,7 @@ def writes_run_folder(parallel: Any) -> bool:
 def train_main(argv: Sequence[str]) -> int:
     """The train command; a closed stdout or stderr (`| head`, a closed terminal) is ignored.
 
-    Signals (src/utils/signals.py): before training starts, SIGTERM/SIGINT/SIGHUP stop the
+    Signals (src/training/run/signals.py): before training starts, SIGTERM/SIGINT/SIGHUP stop the
     command at once (an --overwrite'n run is restored); during training they stop it gracefully;
     after it, the exit status follows the record. Run as the script (argv is the process's own),
     the handlers stay installed until the process has ended.

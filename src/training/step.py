@@ -7,7 +7,7 @@ over the devices of the mesh axis "data":
   leading axis (NamedSharding); XLA inserts the cross-device sums, e.g. of the gradients.
 - shard_map, pmap: the same body runs on each device's rows and averages gradients and metrics
   itself (lax.pmean). pmap keeps the state stacked [devices, ...] (see
-  src/utils/parallel.py:to_backend) and takes the batch reshaped to [devices, batch / devices, ...].
+  src/training/device/parallel.py:to_backend) and takes the batch reshaped to [devices, batch / devices, ...].
 
 All noise (reparameterization, dynamic binarization) is drawn for the *global* batch before the
 split, so the numbers do not depend on how many devices share the batch or on the backend (up to
