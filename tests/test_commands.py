@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from src.utils.cli import ArgumentParser
+from src.utils.errors import UserError
+from tests.helpers import REPO, run_script
 
 # Analysis scripts of particular experiments (EXPERIMENTS.md), not commands of the project.
 EXPERIMENT_SCRIPTS = {"plot_experiments"}
@@ -51,3 +53,34 @@ def test_the_check_sees_a_main_import(tmp_path: Path):
     script = tmp_path / "x.py"
     script.write_text("from src.data.cli import x_main\nfrom src.utils.cli import run\n")
     assert main_imports(script) == [("src.data.cli", "x_main")]
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["--run-id=x"], "unrecognized arguments: --run-id=x; did you mean --run_id?"),
+        (["--rn_id", "x"], "; did you mean --run_id?"),
+        (["--run-id=x", "--dry-run"], "; did you mean --run_id or --dry_run?"),
+    ],
+)
+def test_a_misspelt_flag_gets_a_suggestion(argv: list[str], hint: str):
+    parser = ArgumentParser(prog="p")
+    parser.add_argument("--run_id")
+    parser.add_argument("--dry_run", action="store_true")
+    with pytest.raises(UserError) as err:
+        parser.parse_args(argv)
+    assert hint in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_flag_far_from_any_gets_no_suggestion():
+    parser = ArgumentParser(prog="p")
+    parser.add_argument("--run_id")
+    with pytest.raises(UserError) as err:
+        parser.parse_args(["--zzz"])
+    assert str(err.value) == "p: unrecognized arguments: --zzz"
+
+
+def test_train_suggests_the_flag(tmp_path: Path):
+    result = run_script("train.py", "--run-id=x", f"--workdir={tmp_path}", timeout=60)
+    assert result.returncode == 2
+    assert "did you mean --run_id?" in result.stderr and "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ file, while ours are YAML files composed and validated by src/utils/config.py.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -102,7 +103,25 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            message += self.flag_hint(message[len(prefix) :].split())
         raise UserError(f"{self.prog}: {message}")
+
+    def flag_hint(self, unknown: Sequence[str]) -> str:
+        """'; did you mean --run_id?' for a misspelt flag (--run-id, --runid, --rn_id), as
+        unknown config keys get; '' when no flag is close."""
+        flags = [f for f in self._option_string_actions if f.startswith("--")]
+        close = []
+        for arg in unknown:
+            name = arg.split("=", 1)[0]
+            if not name.startswith("--"):
+                continue
+            key = name.replace("-", "_")
+            match = [f for f in flags if f.replace("-", "_") == key]
+            match = match or difflib.get_close_matches(name, flags, n=1, cutoff=0.7)
+            close += [m for m in match if m not in close]
+        return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def run(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
