@@ -194,3 +194,20 @@ def test_every_likelihood_evaluates_and_reproduces_val_elbo(tmp_path, likelihood
     assert record["elbo"] == pytest.approx(metrics["best"]["value"], rel=1e-5)
     assert math.isfinite(record["iwae_nll"]) and record["iwae_nll"] <= -record["elbo"] + 1.0
     assert any(p.suffix == ".png" for p in written)
+
+
+def test_pass_progress_prints_images_elapsed_and_eta():
+    import io
+
+    from src.evaluation.evaluate import PassProgress
+
+    times = iter([0.0, 30.0, 40.0, 50.0])
+    out = io.StringIO()
+    progress = PassProgress("iwae k=5000", 300, out, clock=lambda: next(times))
+    for done in (100, 200, 300):
+        progress(done)
+    assert out.getvalue().splitlines() == [
+        "evaluate: iwae k=5000 on 300 images: 100/300, 0:30 elapsed",
+        "evaluate: iwae k=5000 on 300 images: 200/300, 0:40 elapsed, eta 0:10",
+        "evaluate: iwae k=5000 on 300 images: 300/300, 0:50 elapsed",
+    ]
