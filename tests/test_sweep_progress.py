@@ -100,3 +100,38 @@ def test_a_subset_of_a_sweep_runs_with_progress_and_the_summary_lists_all(tmp_pa
     # runs.csv keeps whole seconds: a trial of under a second counts as 0 s, and still counts.
     (prior,) = _prior_seconds(trials, work)
     assert 0 <= prior < 300
+
+
+def test_the_time_left_does_not_rise_when_a_worker_goes_idle(monkeypatch):
+    """2 workers, 3 trials of 60 s: when the first ends, the third has just started and needs
+    its whole minute alone; the estimate says so rather than half of it."""
+    clock = [60.0]
+    monkeypatch.setattr("src.experiments.cli.time.monotonic", lambda: clock[0])
+    progress = Progress(total=3, to_run={"b", "c"}, workers=2, prior=[])
+    progress.taken = [60.0]
+    progress.running = {"b": 0.0, "c": 60.0}
+    assert progress.estimate(2).startswith("about 1 min 00 s left")
+    progress.running = {"c": 60.0}
+    assert progress.estimate(1).startswith("about 1 min 00 s left")
+
+
+def test_a_trial_end_is_printed_before_the_start_it_makes_room_for(tmp_path, monkeypatch):
+    """One worker, two trials: the events come in the order end(1), start(2)."""
+    events: list[str] = []
+    trials = _trials(tmp_path)[:2]
+
+    def fake_run_trial(spec, trial, workdir, log_dir, env, on_start):
+        on_start(trial, "new", log_dir / f"{trial.run_id}.log")
+        return runner.Outcome(trial.run_id, "new", "completed", "", 1.0)
+
+    monkeypatch.setattr(runner, "run_trial", fake_run_trial)
+    runner.run_trials(
+        load_sweep(_sweep(tmp_path, grid={"training.kl.beta": [0.5, 2.0]}, seeds=[1, 2])),
+        trials,
+        tmp_path / "work",
+        [{}],
+        lambda outcome: events.append(f"end {outcome.run_id}"),
+        lambda trial, action, log: events.append(f"start {trial.run_id}"),
+    )
+    first, second = (t.run_id for t in trials)
+    assert events == [f"start {first}", f"end {first}", f"start {second}", f"end {second}"]

@@ -79,7 +79,10 @@ def duration(seconds: float) -> str:
 class Progress:
     """The sweep's console, one plain line per event (readable in a log file): a trial's process
     starts; a trial ends, with the time left estimated from the trials run so far (before the
-    first one ends: from earlier runs of the sweep's trials in runs.csv, if any)."""
+    first one ends: from earlier runs of the sweep's trials in runs.csv, if any).
+
+    A trial's time here is its whole process, start-up included; the summary's wall_s is the
+    training loop's time from runs.csv, without start-up (imports, data loading)."""
 
     def __init__(self, total: int, to_run: set[str], workers: int, prior: list[float]) -> None:
         self.total, self.workers = total, workers
@@ -104,7 +107,9 @@ class Progress:
 
     def estimate(self, left: int) -> str:
         """'about 3 min 10 s left (40 s per trial, ...)' for `left` trials not ended, the running
-        ones counted with what they have done already."""
+        ones counted with what they have done already: the work left shared over the workers,
+        but never less than the longest single trial left (a trial runs on one worker, so the
+        last one leaves the others idle, and the estimate does not rise when they are)."""
         if left <= 0:
             return "nothing left to run"
         rate = self.per_trial()
@@ -112,9 +117,11 @@ class Progress:
             return "estimate after the first trial"
         seconds, source = rate
         now = time.monotonic()
-        work = seconds * (left - len(self.running))
-        work += sum(max(seconds - (now - start), 0.0) for start in self.running.values())
-        total = work / min(self.workers, left)
+        remaining = [max(seconds - (now - start), 0.0) for start in self.running.values()]
+        queued = left - len(self.running)
+        work = seconds * queued + sum(remaining)
+        longest = max([*remaining, seconds if queued > 0 else 0.0])
+        total = max(work / min(self.workers, left), longest)
         return f"about {duration(total)} left ({duration(seconds)} per trial, {source})"
 
     def header(self) -> str:
@@ -135,7 +142,7 @@ class Progress:
             took = ""
             if outcome.action != "skipped":
                 self.taken.append(outcome.seconds)
-                took = f", {outcome.seconds:.1f} s"
+                took = f", {outcome.seconds:.1f} s with start-up"
             error = f": {outcome.error}" if outcome.error else ""
             eta = f"; {self.estimate(len(self.to_run))}" if outcome.action != "skipped" else ""
             print(

@@ -282,7 +282,9 @@ def run_trials(
     on_start: Callable[[Trial, str, Path], None] | None = None,
 ) -> dict[str, Outcome]:
     """Runs trials with len(envs) processes at a time; returns run_id -> outcome. on_done gets
-    each outcome as it comes, on_start each trial whose process starts (see run_trial).
+    each outcome as it comes, on_start each trial whose process starts (see run_trial); both
+    from the worker thread, and on_done before the slot goes to the next trial, so a console
+    prints a trial's end before the start it makes room for.
 
     Each worker slot owns one environment (its device set, see slot_envs), handed to
     whichever trial it runs.
@@ -295,7 +297,9 @@ def run_trials(
     def job(trial: Trial) -> Outcome:
         env = slots.get()
         try:
-            return run_trial(spec, trial, workdir, log_dir, env, on_start)
+            outcome = run_trial(spec, trial, workdir, log_dir, env, on_start)
+            on_done(outcome)
+            return outcome
         finally:
             slots.put(env)
 
@@ -310,7 +314,6 @@ def run_trials(
         for future in concurrent.futures.as_completed(futures):
             outcome = future.result()
             outcomes[outcome.run_id] = outcome
-            on_done(outcome)
     finally:
         # After a signal, running trials save and stop (they record `interrupted`) and queued
         # ones return at once; they run on the next invocation.

@@ -114,6 +114,11 @@ def to_markdown(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> str:
     lines.append("|" + " --- |" * len(columns))
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    lines += [
+        "",
+        "`wall_s`: seconds of the training loop from runs.csv, compilation included, start-up "
+        "(imports, data loading) not; the sweep's console counts each trial's whole process.",
+    ]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Problems", ""]
