@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -241,3 +242,39 @@ def test_kl_bars_are_in_dimension_order_labelled_by_index():
     assert "index" in ax.get_xlabel() and "3 of 4 active" in ax.get_title()
     assert bars[2].get_facecolor() != bars[0].get_facecolor()  # the inactive one
     plt.close(fig)
+
+
+def test_kl_bars_say_dark_only_when_some_bars_are_light():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    record = {
+        "kl_per_dim": [0.1, 2.0],
+        "posterior_mean_var": [0.5, 0.9],
+        "active_threshold": 0.01,
+        "active_units": 2,
+    }
+    fig, ax = plt.subplots()
+    kl_bars(ax, record)
+    assert ax.get_title() == "KL per dimension; 2 of 2 active"
+    record["posterior_mean_var"] = [0.5, 0.001]
+    kl_bars(ax, {**record, "active_units": 1})
+    assert ax.get_title() == "KL per dimension; 1 of 2 active (dark; the others light)"
+    plt.close(fig)
+
+
+def test_the_metrics_table_is_one_metric_a_line():
+    from src.evaluation.notebook import metrics_table
+
+    evals: dict[str, dict[str, Any]] = {
+        "best_test": {"step": 660, "elbo": -91.123456789, "iwae_nll": 88.5, "active_units": 9},
+        "last_val": {"step": 660, "elbo": -92.0, "iwae_nll": None, "active_units": 8},
+    }
+    keys = ["step", "elbo", "iwae_nll", "active_units"]
+    lines = metrics_table(evals, keys).splitlines()
+    assert len(lines) == 1 + len(keys) and max(map(len, lines)) <= 14 + 2 * 12
+    assert lines[0].split() == ["best_test", "last_val"]
+    assert lines[2].split() == ["elbo", "-91.1235", "-92"]
+    assert lines[3].split() == ["iwae_nll", "88.5", "-"]

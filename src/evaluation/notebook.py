@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,4 +101,20 @@ def kl_bars(ax: Any, record: Mapping[str, Any]) -> None:
     ax.set_xlabel("latent dimension (index)")
     ax.set_ylabel("KL(q(z_d|x) || p(z_d)) [nats]")
     active = record.get("active_units")
-    ax.set_title(f"KL per dimension; {active} of {len(kl)} active (dark)")
+    legend = " (dark; the others light)" if len(set(colors)) > 1 else ""
+    ax.set_title(f"KL per dimension; {active} of {len(kl)} active{legend}")
+
+
+def metrics_table(evals: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """The eval records side by side, one metric a line and one record a column, so the table
+    stays narrow however many metrics it shows (a page 1200 px wide holds a few records)."""
+    width = max(12, *(len(name) + 2 for name in evals))
+    lines = [f"{'':<14}" + "".join(f"{name:>{width}}" for name in evals)]
+    for key in keys:
+        cells = "".join(f"{_cell(rec.get(key)):>{width}}" for rec in evals.values())
+        lines.append(f"{key:<14}" + cells)
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
