@@ -40,6 +40,8 @@ POSITIVE = {
     "model.transformer.init_std",
     "model.gaussian.fixed_scale",
     "model.gaussian.min_scale",
+    "model.scale_floor",
+    "model.dmol.mixtures",
     "training.kl.cycle_steps",
     "training.epochs",
     "training.batch_size",
@@ -96,7 +98,8 @@ PROBABILITY = {
 CHOICES = {
     "model.type": ("mlp", "conv", "transformer"),
     "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
-    "model.likelihood": ("bernoulli", "gaussian", "categorical"),
+    "model.likelihood": ("bernoulli", "gaussian", "categorical", "dmol"),
+    "model.scale_param": ("exp", "softplus"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.gaussian.scale": ("fixed", "shared", "per_pixel"),
     "model.transformer.readout": ("mean", "cls"),
@@ -104,7 +107,7 @@ CHOICES = {
     "data.binarize": ("none", "static", "dynamic"),
     "data.on_device": ("auto", "true", "false"),
     "data.synthetic.kind": ("linear", "manifold"),
-    "optimizer.type": ("adam", "adamw", "sgd"),
+    "optimizer.type": ("adam", "adamw", "adamax", "sgd"),
     "optimizer.schedule": ("constant", "warmup_cosine"),
     "checkpoint.best_mode": ("max", "min"),
     "parallel.backend": ("jit", "shard_map", "pmap"),
@@ -113,6 +116,8 @@ CHOICES = {
     "training.iwae_gradient": ("standard", "dreg"),
     "parallel.distributed": ("auto", "true", "false"),
 }
+# Grey levels of the datasets whose levels are fixed by their name (digits: 0..16; 8-bit images).
+DATA_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256, "cifar10": 256}
 # String keys that also accept a YAML bool, stored as "true" / "false" (e.g. on_device: auto|true|false).
 BOOL_AS_STR = {"data.on_device", "parallel.distributed"}
 
@@ -302,10 +307,11 @@ def check_model(model: Mapping[str, Any]) -> None:
             f"model.gaussian.fixed_scale ({gaussian['fixed_scale']}) must exceed "
             f"model.gaussian.min_scale ({gaussian['min_scale']}) for a learned scale"
         )
-    if model["categorical"]["levels"] < 2:
-        raise ConfigError(
-            f"model.categorical.levels must be >= 2, got {model['categorical']['levels']}"
-        )
+    for likelihood in ("categorical", "dmol"):
+        if model[likelihood]["levels"] < 2:
+            raise ConfigError(
+                f"model.{likelihood}.levels must be >= 2, got {model[likelihood]['levels']}"
+            )
 
 
 def check_values(cfg: Mapping[str, Any]) -> None:
@@ -340,16 +346,38 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
+    check_likelihood_data(cfg["model"], cfg["data"])
     synthetic = cfg["data"]["synthetic"]
     likelihood = cfg["model"]["likelihood"]
     if (
         cfg["data"]["name"] == "synthetic"
         and synthetic["kind"] == "linear"
-        and likelihood in ("bernoulli", "categorical")
+        and likelihood in ("bernoulli", "categorical", "dmol")
     ):
         raise ConfigError(
             f"data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
             f"{likelihood} needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
+        )
+
+
+def check_likelihood_data(model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    """A discretized likelihood must see the data's own grey levels: a DMOL on binarized images
+    or with another number of levels than the dataset has would score a different data set (and
+    its bits/dim would not be the dataset's). Datasets whose levels are not known from their
+    name (npz, synthetic) are read as round(x * (levels - 1)) with the configured levels."""
+    if model["likelihood"] != "dmol":
+        return
+    levels = model["dmol"]["levels"]
+    if data["binarize"] != "none":
+        raise ConfigError(
+            f"model.likelihood=dmol models the grey levels, but data.binarize={data['binarize']} "
+            "makes the images binary; use data.binarize=none (or the bernoulli likelihood)"
+        )
+    known = DATA_LEVELS.get(data["name"])
+    if known is not None and known != levels:
+        raise ConfigError(
+            f"model.dmol.levels={levels} does not match data.name={data['name']}, which has "
+            f"{known} grey levels; set model.dmol.levels={known}"
         )
 
 
