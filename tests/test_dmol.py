@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,8 @@ from src.models.likelihoods import (
 )
 from src.models.registry import build_model
 from src.utils.config import load_config
-from tests.helpers import BASELINE
+from src.utils.errors import ConfigError
+from tests.helpers import BASELINE, run_script
 
 
 def random_params(rng: np.random.Generator, shape: tuple[int, ...], channels: int, mixtures: int):
@@ -204,3 +207,51 @@ def test_nll_is_minus_the_summed_pixel_log_probs():
     x = jnp.asarray(rng.integers(0, 256, size=(2, 2, 3, 3)) / 255, jnp.float32)
     expected = -dmol_log_prob(params, x, 256, -7.0).reshape(2, -1).sum(-1)
     np.testing.assert_allclose(lik(params, x), expected, rtol=1e-6)
+
+
+# --- Configuration: the likelihood must see the data's own grey levels ---------------------
+
+
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        ("mnist", ["data.binarize=dynamic"], "data.binarize=dynamic makes the images binary"),
+        ("digits", ["data.binarize=static"], "data.binarize=static makes the images binary"),
+        ("digits", [], "model.dmol.levels=256 does not match data.name=digits, which has 17"),
+        ("mnist", ["data.binarize=none", "model.dmol.levels=17"], "set model.dmol.levels=256"),
+        ("fashion_mnist", ["data.binarize=none", "model.dmol.levels=255"], "has 256 grey"),
+        ("digits", ["model.dmol.levels=1"], "model.dmol.levels must be >= 2"),
+        ("digits", ["model.dmol.levels=17", "model.dmol.mixtures=0"], "model.dmol.mixtures"),
+    ],
+)
+def test_dmol_config_errors(data: str, overrides: list[str], message: str):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(BASELINE, {"data": data}, ["model.likelihood=dmol", *overrides])
+
+
+@pytest.mark.parametrize(
+    "data, overrides",
+    [
+        ("digits", ["model.dmol.levels=17"]),
+        ("mnist", ["data.binarize=none"]),
+        ("fashion_mnist", ["data.binarize=none"]),
+        ("npz", ["model.dmol.levels=4"]),  # levels not known from the name: as configured
+    ],
+)
+def test_dmol_configs_that_match_their_data_load(data: str, overrides: list[str]):
+    cfg = load_config(BASELINE, {"data": data}, ["model.likelihood=dmol", *overrides])
+    assert cfg.model.likelihood == "dmol"
+
+
+def test_dmol_on_binarized_mnist_exits_2_with_one_line(tmp_path: Path):
+    result = run_script(
+        "train.py",
+        f"--config={BASELINE}",
+        "--data=mnist",
+        f"--workdir={tmp_path}",
+        "--config.model.likelihood=dmol",
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.binarize=dynamic" in lines[0], result.stderr
