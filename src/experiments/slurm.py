@@ -161,9 +161,10 @@ class TrialJob:
         cmd = runner.train_command(self.spec, self.trial, self.workdir, action)
         log = log_path(self.workdir, self.spec, self.trial.run_id, task)
         log.parent.mkdir(parents=True, exist_ok=True)
-        job = os.environ.get("SLURM_JOB_ID", "?")
+        job = os.environ.get("SLURM_JOB_ID")
+        where = f"  # SLURM job {job}, task {task}" if job else ""
         with log.open("ab") as f:
-            f.write(f"$ {shlex.join(cmd)}  # SLURM job {job}, task {task}\n".encode())
+            f.write(f"$ {shlex.join(cmd)}{where}\n".encode())
             f.flush()
             start = f.tell()
             self.proc = subprocess.Popen(
