@@ -192,7 +192,7 @@ def test_a_preempted_trial_job_is_requeued_and_resumes_bit_exactly(tmp_path):
     _wait_for_a_checkpoint(run_dir)
     # The preemption signal to every process of the job, as SLURM's --signal sends it:
     # submitit's wrapper checkpoints and requeues; train.py ignores it.
-    for pid in _descendants(job._process.pid):
+    for pid in _descendants(int(job.job_id)):  # the local job id is its controller's PID
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGUSR2)
     assert job.result() == "completed"
