@@ -245,13 +245,26 @@ def test_two_srun_tasks_form_one_jax_cluster_equal_to_one_process(cluster, tmp_p
 def test_a_trial_at_its_time_limit_is_requeued_by_submitit_and_resumes(cluster, tmp_path):
     """A 1-minute time limit: SLURM signals USR2 signal_delay_s before it, submitit's handler
     stops train.py (model_last saved) and requeues; the run ends as an uninterrupted one."""
-    overrides = {**OVERRIDES, "training.epochs": 60}
-    launcher = {"time_min": 1, "signal_delay_s": 20, "max_requeues": 10}
+    overrides = {**OVERRIDES, "training.epochs": 100}
+    launcher = {"time_min": 1, "signal_delay_s": 15, "max_requeues": 10}
     path = write_sweep(tmp_path, "limit", launcher=launcher, overrides=overrides)
     spec = load_sweep(path)
     trial = expand(spec)[0]
-    result = sweep(cluster, path, tmp_path / "slurm", "--trials=1")
-    assert result.returncode == 0, result.stdout + result.stderr
+    cmd = [sys.executable, str(REPO / "scripts" / "sweep.py"), f"--config={path}"]
+    cmd += [f"--workdir={tmp_path / 'slurm'}", "--launcher=slurm", "--trials=1"]
+    env = {**script_env(), **cluster.env}
+    with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            for line in cluster.jobs():  # start requeued jobs at once (see release)
+                job, state = line.split("|")
+                if state == "PENDING" and "BeginTime" in cluster.run(
+                    "squeue", "-h", "-j", job, "-o", "%r"
+                ):
+                    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+            time.sleep(1)
+        out = proc.communicate()[0] if proc.poll() is not None else proc.kill()
+    assert proc.returncode == 0, out
     log = slurm.log_path(tmp_path / "slurm", spec, trial.run_id).read_text()
     assert "interrupted by SIGTERM" in log and "--resume" in log, log
     local = run_script(
