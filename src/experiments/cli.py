@@ -13,11 +13,11 @@ from pathlib import Path
 
 from src.experiments import experiment_log, launcher, runner, slurm, summary
 from src.experiments.spec import REPO_ROOT, SweepSpec, Trial, expand, load_sweep
+from src.training.run.run_index import FILE_NAME as RUN_INDEX_FILE
+from src.training.run.run_index import read_rows
 from src.utils.cli import ArgumentParser, interrupted_status
 from src.utils.errors import RunDirError, UserError
 from src.utils.io import atomic_write_json
-from src.utils.run_index import FILE_NAME as RUN_INDEX_FILE
-from src.utils.run_index import read_rows
 
 SOME_TRIALS_FAILED = 1
 

@@ -45,9 +45,9 @@ from src.experiments import runner
 from src.experiments.launcher import SlurmSettings
 from src.experiments.runner import Outcome
 from src.experiments.spec import REPO_ROOT, SweepSpec, Trial
+from src.training.run.rundir import holder, run_paths
 from src.utils.errors import StorageError, UserError
 from src.utils.io import atomic_write_json, read_json
-from src.utils.rundir import holder, run_paths
 
 JOBS_FILE = "jobs.json"
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's variable; USR2 when unset
