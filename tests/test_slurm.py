@@ -263,7 +263,9 @@ def test_a_trial_at_its_time_limit_is_requeued_by_submitit_and_resumes(cluster, 
                 ):
                     cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
             time.sleep(1)
-        out = proc.communicate()[0] if proc.poll() is not None else proc.kill()
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate()[0]
     assert proc.returncode == 0, out
     log = slurm.log_path(tmp_path / "slurm", spec, trial.run_id).read_text()
     assert "interrupted by SIGTERM" in log and "--resume" in log, log
