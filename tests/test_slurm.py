@@ -146,6 +146,20 @@ def test_a_two_trial_sweep_is_one_job_array_and_its_rerun_submits_nothing(cluste
     assert all_jobs(cluster) == before  # nothing new on the cluster
 
 
+def test_a_failing_trial_job_is_reported_and_the_others_finish(cluster, finished, tmp_path):
+    """Beside the completed trial 1 of `finished` (skipped), a trial whose train.py refuses its
+    config (a negative beta) fails in its job; the sweep reports it and exits 1."""
+    path, work, _ = finished
+    bad = write_sweep(tmp_path, "two", grid={"training.kl.beta": [0.5, -1.0]})
+    result = sweep(cluster, bad, work)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(": completed (skipped)" in line for line in lines)
+    failed = [line for line in lines if ": failed (new" in line]
+    assert len(failed) == 1 and "training.kl.beta" in failed[0], result.stdout
+    assert "1/2 completed" in result.stdout
+
+
 def test_a_requeued_trial_resumes_bit_exactly(cluster, finished, tmp_path):
     """`scontrol requeue` mid-run: SIGTERM saves model_last, the requeued job resumes it and
     ends bit for bit as the uninterrupted run of the same trial."""
