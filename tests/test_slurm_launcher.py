@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -206,3 +207,20 @@ def test_a_preempted_trial_job_is_requeued_and_resumes_bit_exactly(tmp_path):
     step, state = read_state(run_dir / "model_last")
     assert step == step_ref
     assert_same_arrays(state, state_ref)
+
+
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_the_checkpoint_hook_stops_train_py_only_in_a_one_task_trial(tmp_path, monkeypatch, tasks):
+    """One task: SIGTERM to train.py, waited for, before the requeue. Several: the requeue's
+    SIGTERM reaches all tasks at once, so the hook leaves train.py running."""
+    monkeypatch.setenv("SLURM_NTASKS", str(tasks))
+    spec = load_sweep(write_sweep(tmp_path))
+    job = slurm.TrialJob(spec, expand(spec)[0], tmp_path)
+    job.proc = subprocess.Popen(["sleep", "60"])
+    try:
+        again = job.checkpoint()
+        assert again.function is job  # submitit requeues the same trial job
+        assert (job.proc.poll() == -signal.SIGTERM) if tasks == 1 else job.proc.poll() is None
+    finally:
+        job.proc.kill()
+        job.proc.wait()

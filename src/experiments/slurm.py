@@ -186,12 +186,16 @@ class TrialJob:
         raise TrialFailed(f"{self.trial.run_id}: exit {self.proc.returncode}, {status}: {line}")
 
     def checkpoint(self) -> Any:
-        """submitit's hook on the time-limit/preemption signal: stop train.py as SIGTERM does
-        (it saves model_last and records the run interrupted), then requeue this same job."""
+        """submitit's hook on the time-limit/preemption signal (task 0 only): stop train.py as
+        SIGTERM does (it saves model_last and records the run interrupted), then requeue this
+        same job. In a multi-task trial the hook leaves train.py to the requeue's SIGTERM, which
+        reaches every task at once: stopping task 0 alone would leave its collective save
+        waiting for tasks that go on training."""
         import submitit
 
         proc = self.proc
-        if proc is not None and proc.poll() is None:
+        tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+        if proc is not None and proc.poll() is None and tasks == 1:
             proc.send_signal(signal.SIGTERM)
             while proc.poll() is None:
                 time.sleep(0.1)
