@@ -185,6 +185,7 @@ def test_user_errors_exit_2_and_write_nothing(run4, tmp_path, capsys, case, args
     [
         ["model.likelihood=gaussian", "model.gaussian.scale=shared"],
         ["model.likelihood=categorical"],
+        ["model.likelihood=dmol", "model.dmol.levels=17", "model.dmol.mixtures=3"],
     ],
 )
 def test_every_likelihood_evaluates_and_reproduces_val_elbo(tmp_path, likelihood):
@@ -211,3 +212,16 @@ def test_pass_progress_prints_images_elapsed_and_eta():
         "evaluate: iwae k=5000 on 300 images: 200/300, 0:40 elapsed, eta 0:10",
         "evaluate: iwae k=5000 on 300 images: 300/300, 0:50 elapsed",
     ]
+
+
+def test_dmol_bits_per_dim_are_those_of_its_pmf_over_the_levels(tmp_path):
+    """The discretized logistic mixture is a pmf over the digits' 17 levels: bits/dim is
+    iwae_nll / (64 ln 2), between 0 and the log2(17) bits of the uniform pmf once trained."""
+    overrides = ["model.likelihood=dmol", "model.dmol.levels=17", "model.dmol.mixtures=3"]
+    _, paths = train(tmp_path, "dmol", [*TINY, *overrides])
+    record, _ = evaluate_run(
+        paths.run_dir, "best", "test", ["eval.iwae_samples=20", "eval.figures=false"]
+    )
+    assert record["data_dims"] == 64
+    assert record["bits_per_dim"] == pytest.approx(record["iwae_nll"] / (64 * math.log(2)))
+    assert 0 < record["bits_per_dim"] < math.log2(17)

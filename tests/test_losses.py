@@ -62,7 +62,7 @@ def test_reparameterize():
     np.testing.assert_allclose(z, [2.0])
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("kind", ["adam", "adamw", "adamax", "sgd"])
 @pytest.mark.parametrize("schedule", ["constant", "warmup_cosine"])
 def test_optimizer_from_config(kind, schedule):
     cfg = load_config(
@@ -88,3 +88,34 @@ def test_optimizer_from_config(kind, schedule):
         assert float(sched(10)) == pytest.approx(cfg.training.lr)
         assert float(sched(100)) == pytest.approx(0.0, abs=1e-9)
     assert optax.tree.norm(updates) > 0
+
+
+def test_adamax_follows_kingma_and_ba():
+    """Adamax (Kingma & Ba 2015, Algorithm 2): m = b1 m + (1 - b1) g, u = max(b2 u, |g|),
+    step = -lr / (1 - b1^t) * m / u (optax adds eps to |g| inside the max), with the L2 weight
+    decay added to the gradient first, as for adam."""
+    cfg = load_config(
+        BASELINE,
+        overrides=[
+            "optimizer.type=adamax",
+            "optimizer.b1=0.8",
+            "optimizer.b2=0.9",
+            "optimizer.weight_decay=0.1",
+            "training.lr=0.01",
+        ],
+    )
+    tx, _ = build_optimizer(cfg.optimizer, cfg.training.lr, 100)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=4).astype(np.float32)
+    params = {"w": jnp.asarray(w)}
+    state = tx.init(params)
+    m, u, ref = np.zeros(4), np.zeros(4), w.astype(np.float64)
+    for t in range(1, 6):
+        g = rng.normal(scale=[0.01, 1.0, 10.0, 100.0], size=4)
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+        g = g + 0.1 * ref
+        m = 0.8 * m + 0.2 * g
+        u = np.maximum(0.9 * u, np.abs(g) + cfg.optimizer.eps)
+        ref = ref - 0.01 / (1 - 0.8**t) * m / u
+    np.testing.assert_allclose(params["w"], ref, rtol=1e-5, atol=1e-6)

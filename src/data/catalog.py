@@ -1,4 +1,5 @@
-"""The published IDX datasets: file names, SHA-256 of the .gz files as published, default mirrors.
+"""Published datasets' files and SHA-256: the IDX datasets (file names, default mirrors) and
+CIFAR-10's binary version.
 
 Checksums of the .gz files are those of the original gzip files (MNIST: LeCun et al.;
 Fashion-MNIST: Xiao et al. 2017, zalandoresearch/fashion-mnist), as used by torchvision and
@@ -57,3 +58,19 @@ IDX_DATASETS: dict[str, IdxDataset] = {
 def download_hint(name: str, directory: str) -> str:
     """The command that fetches dataset `name` into `directory`, for error messages."""
     return f"python scripts/download_data.py --dataset={name} --dir={directory}"
+
+
+# CIFAR-10's binary version (https://www.cs.toronto.edu/~kriz/cifar.html). The site publishes
+# only the archive's MD5 (c32a1d4ab5d03f1284b67883e8d87530). The archive's SHA-256 (170,052,171
+# bytes) is the one TensorFlow Datasets pins (tensorflow_datasets/url_checksums/cifar10.txt);
+# the extracted files' SHA-256 are those torchvision-ruby pins
+# (ankane/torchvision-ruby, lib/torchvision/datasets/cifar10.rb), not re-computed here.
+CIFAR10_SHA256 = {
+    "cifar-10-binary.tar.gz": "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+    "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
+    "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
+    "data_batch_3.bin": "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
+    "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
+    "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
+    "test_batch.bin": "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+}

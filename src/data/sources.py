@@ -17,6 +17,7 @@ import numpy as np
 
 from src.data import synthetic
 from src.data.catalog import IDX_DATASETS, IDX_FILES, download_hint
+from src.data.cifar import load_cifar10_arrays
 from src.data.idx import read_idx, sha256_file
 from src.utils.errors import ConfigError, DataError
 
@@ -103,6 +104,22 @@ def load_idx_dataset(name: str, cfg: Any) -> Dataset:
     return Dataset(train, None, test, {"dir": str(directory.resolve()), "files": files})
 
 
+def load_cifar10(cfg: Any) -> Dataset:
+    """CIFAR-10's binary version in data.dir (src/data/cifar.py): 50,000 training images and its
+    own 10,000 test images, [N, 32, 32, 3] scaled to [0, 1] by /255."""
+    directory = Path(cfg.dir)
+    train, test, files = load_cifar10_arrays(directory, cfg.verify_checksum)
+    info = {"dir": str(directory.resolve()), "files": files}
+    return Dataset(to_unit(train), None, to_unit(test), info)
+
+
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] (x / 255), scaled in place: one float32 copy of the data."""
+    x = images.astype(np.float32)
+    x /= np.float32(255.0)
+    return x
+
+
 def as_images(x: np.ndarray, source: str) -> np.ndarray:
     """[N, H, W] -> [N, H, W, 1]; [N, D] -> [N, D, 1, 1]; [N, H, W, C] unchanged."""
     if x.ndim == 2:
@@ -181,6 +198,7 @@ SOURCES: dict[str, Callable[[Any], Dataset]] = {
     "digits": load_digits_images,
     "mnist": lambda cfg: load_idx_dataset("mnist", cfg),
     "fashion_mnist": lambda cfg: load_idx_dataset("fashion_mnist", cfg),
+    "cifar10": load_cifar10,
     "npz": load_npz,
     "synthetic": load_synthetic,
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -14,8 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.experiments import experiment_log, runner, summary
-from src.experiments.spec import REPO_ROOT, Trial, expand, load_sweep
+from src.experiments import experiment_log, launcher, runner, slurm, summary
+from src.experiments.spec import REPO_ROOT, SweepSpec, Trial, expand, load_sweep
 from src.training.run.run_index import FILE_NAME as RUN_INDEX_FILE
 from src.training.run.run_index import read_rows
 from src.utils.cli import ArgumentParser, interrupted_status, run, split_overrides
@@ -185,7 +186,12 @@ def sweep(argv: Sequence[str]) -> int:
         "  python scripts/sweep.py --config=configs/sweep/beta.yaml --workers=2\n"
         "  python scripts/sweep.py --config=configs/sweep/beta.yaml --dry_run   # the trials\n"
         "  python scripts/sweep.py --config=configs/sweep/beta.yaml --match=seed42  # one seed\n"
-        "  python scripts/sweep.py --config=configs/sweep/beta.yaml --trials=1-3",
+        "  python scripts/sweep.py --config=configs/sweep/beta.yaml --trials=1-3\n"
+        "  python scripts/sweep.py --config=configs/sweep/beta.yaml --launcher=slurm \\\n"
+        "      --launcher.partition=gpu --launcher.gpus_per_task=1   # SLURM jobs, one array\n\n"
+        "--launcher=slurm submits every trial as a SLURM job through submitit; the sweep file's\n"
+        "launcher: section and --launcher.KEY=VALUE flags set its keys, documented in\n"
+        "configs/launcher/slurm.yaml (docs/distributed.md, section SLURM).",
     )
     parser.add_argument("--config", required=True, help="sweep YAML, e.g. configs/sweep/beta.yaml")
     parser.add_argument("--workers", type=_positive_int, default=1, help="trials run at once")
@@ -210,7 +216,29 @@ def sweep(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--dry_run", action="store_true", help="list the (selected) trials, numbered, and exit"
     )
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: processes on this machine (--workers at once); slurm: one SLURM job per "
+        "trial, submitted through submitit",
+    )
+    parser.add_argument(
+        "--detach", action="store_true", help="slurm: submit the jobs and return without waiting"
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="slurm: show each trial's job state and run status"
+    )
+    parser.add_argument("--cancel", action="store_true", help="slurm: cancel the sweep's jobs")
+    argv, launcher_flags = launcher.split_flags(argv)
     args = parser.parse_args(argv)
+    slurm_only = [f"--{k}" for k in ("detach", "status", "cancel") if getattr(args, k)]
+    if launcher_flags:
+        slurm_only.append(f"{launcher.FLAG}{next(iter(launcher_flags))}")
+    if args.launcher == "local" and slurm_only:
+        raise UserError(f"{slurm_only[0]} goes with --launcher=slurm")
+    if args.status + args.cancel + args.detach > 1:
+        raise UserError("give one of --detach, --status and --cancel")
 
     spec = load_sweep(args.config)
     trials = expand(spec)
@@ -225,6 +253,8 @@ def sweep(argv: Sequence[str]) -> int:
                 f"{' '.join(trial.overrides)}"
             )
         return 0
+    if args.launcher == "slurm":
+        return _slurm_sweep(args, argv, spec, trials, selected, workdir, launcher_flags)
     envs = runner.slot_envs(args.workers, runner.visible_gpus(args.devices))
     folder = runner.sweep_dir(workdir, spec)
     to_run = {run_id for run_id, action in actions.items() if action != "skip"}
@@ -237,30 +267,122 @@ def sweep(argv: Sequence[str]) -> int:
         flush=True,
     )
     with runner.sweep_lock(folder):
-        atomic_write_json(
-            folder / "trials.json",
-            {
-                "sweep": str(spec.path),
-                "experiment": spec.experiment_label,
-                "trials": [
-                    {"run_id": t.run_id, "params": t.params, "overrides": t.overrides}
-                    for t in trials
-                ],
-            },
-        )
+        _write_trials(folder, spec, trials)
         outcomes = runner.run_trials(
             spec, selected, workdir, envs, progress.finished, progress.started
         )
-        rows = summary.collect_rows(spec, trials, outcomes, workdir)
-        summary.write_summary(spec, rows, folder)
-        plotted = summary.plot(spec, rows, folder / "summary.png")
+        return _finish(spec, trials, selected, outcomes, workdir, folder)
+
+
+def _write_trials(folder: Path, spec: SweepSpec, trials: Sequence[Trial]) -> None:
+    atomic_write_json(
+        folder / "trials.json",
+        {
+            "sweep": str(spec.path),
+            "experiment": spec.experiment_label,
+            "trials": [
+                {"run_id": t.run_id, "params": t.params, "overrides": t.overrides} for t in trials
+            ],
+        },
+    )
+
+
+def _finish(
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    selected: Sequence[Trial],
+    outcomes: dict[str, runner.Outcome],
+    workdir: Path,
+    folder: Path,
+) -> int:
+    """Writes the summary (csv, md, png) and prints the last line; the sweep's exit status."""
+    rows = summary.collect_rows(spec, trials, outcomes, workdir)
+    summary.write_summary(spec, rows, folder)
+    plotted = summary.plot(spec, rows, folder / "summary.png")
     bad = [o for o in outcomes.values() if o.status != "completed"]
+    subset = "selected trials " if len(selected) < len(trials) else ""
     print(
-        f"sweep {spec.name}: {len(selected) - len(bad)}/{len(selected)} "
-        f"{'selected trials ' if subset else ''}completed; "
+        f"sweep {spec.name}: {len(selected) - len(bad)}/{len(selected)} {subset}completed; "
         f"{folder / 'summary.md'}" + (f", {folder / 'summary.png'}" if plotted else "")
     )
     return SOME_TRIALS_FAILED if bad else 0
+
+
+def _slurm_sweep(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    selected: Sequence[Trial],
+    workdir: Path,
+    flags: dict[str, object],
+) -> int:
+    """--launcher=slurm: submit (one job array), then wait, or --detach / --status / --cancel."""
+    settings = launcher.settings(spec.path, spec.launcher, flags)
+    slurm.check_commands()
+    folder = runner.sweep_dir(workdir, spec)
+    jobs_folder = slurm.sweep_folder(workdir, spec)
+    if args.status:
+        position = {t.run_id: i for i, t in enumerate(trials, start=1)}
+        for line in slurm.status_lines(selected, position, workdir, jobs_folder):
+            print(line)
+        return 0
+    if args.cancel:
+        recorded = slurm.recorded_jobs(jobs_folder)
+        ids = [recorded[t.run_id] for t in selected if t.run_id in recorded]
+        cancelled = slurm.cancel(ids, settings.poll_s)
+        print(f"sweep {spec.name}: cancelled {len(cancelled)} job(s) {' '.join(cancelled)}".strip())
+        return 0
+    with runner.sweep_lock(folder):
+        _write_trials(folder, spec, trials)
+        plan = slurm.plan(spec, selected, workdir, jobs_folder)
+        labels = {
+            t.run_id: {"new": "new", "resume": "resumed", "restart": "restarted"}[
+                runner.trial_action(workdir / "checkpoints" / t.run_id)
+            ]
+            for t in plan.submit
+        }
+        submitted = slurm.submit(spec, plan.submit, workdir, settings) if plan.submit else {}
+    labels.update({run_id: "followed" for run_id in plan.follow})
+    jobs = {**plan.follow, **submitted}
+    to_run = set(jobs)
+    parallel = settings.array_parallelism or max(len(to_run), 1)
+    progress = Progress(len(selected), to_run, parallel, _prior_seconds(selected, workdir))
+    print(
+        f"sweep {spec.name}: {len(trials)} trials, {len(selected)} selected, on SLURM; "
+        f"record in {folder}; {progress.header()}",
+        flush=True,
+    )
+    slurm.announce(submitted, jobs_folder)
+    for run_id, job in plan.follow.items():
+        print(f"[follow] {run_id}: job {job}, submitted earlier", flush=True)
+    for outcome in plan.outcomes.values():
+        progress.finished(outcome)
+    command = shlex.join(
+        ["python", "scripts/sweep.py", *(a for a in argv if a not in ("--detach",))]
+        + [f"{launcher.FLAG}{k}={v}" for k, v in flags.items()]
+    )
+    if args.detach:
+        if jobs:
+            print(
+                f"sweep {spec.name}: detached; "
+                + slurm.follow_hint(command, jobs.values(), jobs_folder)
+            )
+        return 0
+    by_id = {t.run_id: t for t in selected}
+    try:
+        ended = slurm.wait(
+            spec, by_id, jobs, labels, workdir, settings.poll_s, progress.started, progress.finished
+        )
+    except KeyboardInterrupt:
+        print(
+            f"sweep {spec.name}: stopped waiting (SIGINT); "
+            + slurm.follow_hint(command, jobs.values(), jobs_folder),
+            file=sys.stderr,
+        )
+        return interrupted_status(signal.SIGINT)
+    with runner.sweep_lock(folder):
+        return _finish(spec, trials, selected, {**plan.outcomes, **ended}, workdir, folder)
 
 
 def log_experiment_main(argv: Sequence[str]) -> int:

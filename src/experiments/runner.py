@@ -187,6 +187,23 @@ def sweep_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def skipped_outcome(spec: SweepSpec, trial: Trial, run_dir: Path) -> Outcome:
+    """A completed trial, not run again: `completed`, or `stale` if the sweep now gives it
+    another config than the one it completed with."""
+    recorded = read_json(run_dir / "metrics.json").get("config_hash")
+    expected = expected_hash(spec, trial)
+    if expected is not None and recorded != expected:
+        return Outcome(
+            trial.run_id,
+            "skipped",
+            "stale",
+            f"completed with config {recorded}, but the sweep now gives {expected} "
+            "(base experiment changed?); delete the run or rename the sweep",
+            0.0,
+        )
+    return Outcome(trial.run_id, "skipped", "completed", "", 0.0)
+
+
 def _last_line(log: Path, start: int) -> str:
     """The last non-empty line the trial wrote in this invocation (its error, usually)."""
     with log.open("rb") as f:
@@ -222,18 +239,7 @@ def run_trial(
         name = signal.Signals(_trials.signum).name
         return Outcome(trial.run_id, "skipped", "interrupted", f"not started ({name})", 0.0)
     if action == "skip":
-        recorded = read_json(run_dir / "metrics.json").get("config_hash")
-        expected = expected_hash(spec, trial)
-        if expected is not None and recorded != expected:
-            return Outcome(
-                trial.run_id,
-                "skipped",
-                "stale",
-                f"completed with config {recorded}, but the sweep now gives {expected} "
-                "(base experiment changed?); delete the run or rename the sweep",
-                0.0,
-            )
-        return Outcome(trial.run_id, "skipped", "completed", "", 0.0)
+        return skipped_outcome(spec, trial, run_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{trial.run_id}.log"
     cmd = train_command(spec, trial, workdir, action)

@@ -28,12 +28,23 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
+from src.experiments.launcher import check_section
 from src.training.run.rundir import RUN_ID
 from src.utils.config import CONFIG_ROOT, deep_merge, nest, read_yaml, unknown_key_hint
 from src.utils.errors import ConfigError
 
 REPO_ROOT = CONFIG_ROOT.parent
-SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "combine", "random", "seeds", "metric")
+SWEEP_KEYS = (
+    "name",
+    "experiment",
+    "overrides",
+    "grid",
+    "combine",
+    "random",
+    "seeds",
+    "metric",
+    "launcher",
+)
 COMBINE = ("product", "zip")
 RANDOM_KEYS = ("seed", "trials", "params")
 # Summary columns a sweep may plot; summary.RESULT_COLUMNS is built from these.
@@ -72,6 +83,7 @@ class SweepSpec(NamedTuple):
     random_params: dict[str, RandomParam]
     seeds: list[int]
     metric: str
+    launcher: dict[str, Any] = {}  # SLURM settings (src/experiments/launcher.py), as written
 
     @property
     def swept_keys(self) -> list[str]:
@@ -249,6 +261,7 @@ def load_sweep(path: str | Path, root: Path = CONFIG_ROOT) -> SweepSpec:
         random_params=params,
         seeds=list(seeds),
         metric=metric,
+        launcher=check_section(path, data.get("launcher")),
     )
 
 

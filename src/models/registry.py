@@ -80,11 +80,11 @@ def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE:
     if cfg.type not in MODELS:
         raise ConfigError(f"model.type: unknown model {cfg.type!r}; known: {', '.join(MODELS)}")
     likelihood = build_likelihood(cfg, image_shape)
-    out_channels = int(image_shape[2]) * likelihood.params_per_pixel
+    out_channels = likelihood.decoder_channels(int(image_shape[2]))
     encoder, decoder = MODELS[cfg.type](cfg, image_shape, out_channels, rngs)
     for network in (encoder, decoder):
         set_compute_dtype(network, jnp.dtype(cfg.compute_dtype))
-    return VAE(encoder, decoder, likelihood)
+    return VAE(encoder, decoder, likelihood, cfg.scale_param, cfg.scale_floor)
 
 
 def set_compute_dtype(network: nnx.Module, dtype: jnp.dtype) -> None:

@@ -25,8 +25,10 @@ def build_optimizer(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns the optax transform and its schedule.
 
-    Order: global-norm clipping, then L2 weight decay added to the gradient (adam, sgd), then
-    the update rule. adamw applies decoupled weight decay instead (Loshchilov & Hutter 2019).
+    Order: global-norm clipping, then L2 weight decay added to the gradient (adam, adamax, sgd),
+    then the update rule. adamw applies decoupled weight decay instead (Loshchilov & Hutter
+    2019). adamax is Adam with the infinity norm, v_t = max(b2 v_{t-1}, |g_t|) (Kingma & Ba
+    2015, Sec. 7.1; VDVAE's optimizer).
     """
     schedule = build_schedule(cfg, peak_lr, total_steps)
     parts: list[optax.GradientTransformation] = []
@@ -41,6 +43,8 @@ def build_optimizer(
             parts.append(optax.add_decayed_weights(cfg.weight_decay))
         if cfg.type == "adam":
             parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+        elif cfg.type == "adamax":
+            parts.append(optax.adamax(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
         else:
             momentum = cfg.momentum if cfg.momentum > 0 else None
             parts.append(optax.sgd(schedule, momentum=momentum, nesterov=cfg.nesterov))

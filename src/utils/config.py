@@ -133,6 +133,10 @@ def bool_as_str(key: str, rules: Mapping[str, Rule]) -> bool:
     return key in rules and {"true", "false"} <= set(rules[key].choices)
 
 
+# Grey levels of the datasets whose levels are fixed by their name (digits: 0..16; 8-bit images).
+DATA_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256, "cifar10": 256}
+
+
 def yaml_error_text(error: yaml.YAMLError) -> str:
     """', line L, column C: invalid YAML: <problem> (<context> at line L', column C')' for a PyYAML
     error (1-based positions, as editors count); ': invalid YAML: ...' when it has no position."""
@@ -335,16 +339,38 @@ def check_values(cfg: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
+    check_likelihood_data(cfg["model"], cfg["data"])
     synthetic = cfg["data"]["synthetic"]
     likelihood = cfg["model"]["likelihood"]
     if (
         cfg["data"]["name"] == "synthetic"
         and synthetic["kind"] == "linear"
-        and likelihood in ("bernoulli", "categorical")
+        and likelihood in ("bernoulli", "categorical", "dmol")
     ):
         raise ConfigError(
             f"data.synthetic.kind=linear gives real-valued (PPCA) data, but model.likelihood="
             f"{likelihood} needs values in [0, 1]; use data.synthetic.kind=manifold or a Gaussian likelihood"
+        )
+
+
+def check_likelihood_data(model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    """A discretized likelihood must see the data's own grey levels: a DMOL on binarized images
+    or with another number of levels than the dataset has would score a different data set (and
+    its bits/dim would not be the dataset's). Datasets whose levels are not known from their
+    name (npz, synthetic) are read as round(x * (levels - 1)) with the configured levels."""
+    if model["likelihood"] != "dmol":
+        return
+    levels = model["dmol"]["levels"]
+    if data["binarize"] != "none":
+        raise ConfigError(
+            f"model.likelihood=dmol models the grey levels, but data.binarize={data['binarize']} "
+            "makes the images binary; use data.binarize=none (or the bernoulli likelihood)"
+        )
+    known = DATA_LEVELS.get(data["name"])
+    if known is not None and known != levels:
+        raise ConfigError(
+            f"model.dmol.levels={levels} does not match data.name={data['name']}, which has "
+            f"{known} grey levels; set model.dmol.levels={known}"
         )
 
 

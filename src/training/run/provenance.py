@@ -35,6 +35,17 @@ ENV_VARS = (
     "SWEEP_NAME",  # set by scripts/sweep.py for its trials
 )
 MAX_UNTRACKED = 20
+# Where a SLURM job ran (the scheduler's environment): provenance key -> variable.
+SLURM_VARS = {
+    "job_id": "SLURM_JOB_ID",
+    "array_job_id": "SLURM_ARRAY_JOB_ID",
+    "array_task_id": "SLURM_ARRAY_TASK_ID",
+    "restart_count": "SLURM_RESTART_COUNT",
+    "node": "SLURMD_NODENAME",
+    "partition": "SLURM_JOB_PARTITION",
+    "nodelist": "SLURM_JOB_NODELIST",
+    "ntasks": "SLURM_NTASKS",
+}
 
 
 def _git(*args: str) -> str | None:
@@ -77,6 +88,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def scheduler() -> dict[str, str] | None:
+    """The SLURM job this process runs in (job id, array task, node, partition), or None."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    found = {key: os.environ.get(var) for key, var in SLURM_VARS.items()}
+    return {"name": "slurm", **{k: v for k, v in found.items() if v is not None}}
+
+
 def collect(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Provenance record for provenance.json (call after JAX has been initialised)."""
     import jax
@@ -102,5 +121,6 @@ def collect(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_enable_x64": bool(jax.config.read("jax_enable_x64")),
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+        "scheduler": scheduler(),
         **(extra or {}),
     }
