@@ -171,7 +171,10 @@ def load_sweep(path: str | Path, root: Path = CONFIG_ROOT) -> SweepSpec:
 
     name = _expect(path, "name", data.get("name", path.stem), str, "a string")
     if not RUN_ID.match(name) or set(name) == {"."}:
-        raise ConfigError(f"{path}: name {name!r}: use only letters, digits, '-', '_' and '.'")
+        raise ConfigError(
+            f"{path}: name {name!r}: use only letters, digits, '-', '_' and '.', not beginning "
+            "with '.'"
+        )
     if "experiment" not in data:
         raise ConfigError(
             f"{path}: 'experiment' is required, e.g. configs/experiment/baseline.yaml"

@@ -107,6 +107,8 @@ CHOICES = {
     "optimizer.type": ("adam", "adamw", "sgd"),
     "optimizer.schedule": ("constant", "warmup_cosine"),
     "checkpoint.best_mode": ("max", "min"),
+    # The scalar metrics of the validation pass (src/training/validation.py:evaluate_split).
+    "checkpoint.best_metric": ("elbo", "recon", "kl", "active_units"),
     "parallel.backend": ("jit", "shard_map", "pmap"),
     "training.nan_policy": ("stop", "skip"),
     "training.objective": ("elbo", "iwae"),

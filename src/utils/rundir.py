@@ -28,7 +28,9 @@ from typing import NamedTuple
 
 from src.utils.errors import RunDirError, StorageError
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A run id never begins with '.': the names --overwrite and the lock use beside the run folder
+# (`.<run_id>.replaced`, `.<run_id>.deleted`, `.<run_id>.lock`) do, so none is a run's folder.
+RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 # File names are limited to 255 bytes; the longest name derived from a run id is
 # `.<run_id>.replaced` (10 more), and a margin is left for the tools that add suffixes.
 MAX_RUN_ID_CHARS = 200
@@ -71,11 +73,12 @@ def default_run_id(experiment: str) -> str:
 
 
 def run_paths(workdir: str | Path, run_id: str) -> RunPaths:
-    """Checks run_id (letters, digits, '-', '_', '.'; never '.' or '..'; at most
+    """Checks run_id (letters, digits, '-', '_', '.'; not beginning with '.'; at most
     MAX_RUN_ID_CHARS) and returns its folders."""
-    if not RUN_ID.match(run_id) or set(run_id) == {"."}:
+    if not RUN_ID.match(run_id):
         raise RunDirError(
-            f"--run_id {run_id!r}: use only letters, digits, '-', '_' and '.', e.g. baseline-s42"
+            f"--run_id {run_id!r}: use only letters, digits, '-', '_' and '.', not beginning "
+            "with '.', e.g. baseline-s42"
         )
     if len(run_id) > MAX_RUN_ID_CHARS:
         raise RunDirError(
