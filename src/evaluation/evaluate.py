@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,11 +29,12 @@ from src.training.setup import abstract_train_state, derive_keys
 from src.training.state import TrainState
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
-from src.utils import checkpoint
+from src.utils import checkpoint, identity
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError
-from src.utils.io import atomic_write_json, read_json
+from src.utils.io import atomic_write_json
 from src.utils.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
+from src.utils.recorder import read_record
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
 SPLITS = ("train", "val", "test")
@@ -74,7 +76,11 @@ def load_run_config(run_dir: Path, overrides: Sequence[str]) -> Any:
 
 
 def restore_state(
-    run_dir: Path, name: str, abstract: TrainState, sharding: jax.sharding.Sharding
+    run_dir: Path,
+    name: str,
+    abstract: TrainState,
+    sharding: jax.sharding.Sharding,
+    owner: checkpoint.Owner = checkpoint.UNCHECKED,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restores the latest step of model_best/model_last onto abstract with sharding.
 
@@ -88,8 +94,10 @@ def restore_state(
         step = manager.latest_step()
         if step is None:
             raise RunDirError(f"--checkpoint={name}: no complete checkpoint in {directory}")
-        checkpoint.check_matches(manager, step, abstract)
-        return checkpoint.restore(manager, checkpoint.abstract_like(abstract, sharding), step)
+        checkpoint.check_matches(manager, step, abstract, owner)
+        return checkpoint.restore(
+            manager, checkpoint.abstract_like(abstract, sharding), step, owner
+        )
 
 
 # --- Estimators.
@@ -268,6 +276,18 @@ def draw_figures(
 # --- Record.
 
 
+def training_history(path: Path) -> list[dict[str, Any]] | None:
+    """metrics.json's history for the curves figure; None (with a warning line) when it is
+    missing or not a run record: the evaluation does not depend on it."""
+    if not path.is_file():
+        return None
+    try:
+        return list(read_record(path)["history"])
+    except StorageError as e:
+        print(f"warning: no curves figure: {e}", file=sys.stderr)
+        return None
+
+
 def evaluate_run(
     run_dir: Path, checkpoint_name: str, split: str, overrides: Sequence[str]
 ) -> tuple[dict[str, Any], list[Path]]:
@@ -276,6 +296,9 @@ def evaluate_run(
     tic = time.perf_counter()
     cfg = load_run_config(run_dir, overrides)
     run_dir = run_dir.resolve()  # its name is the run id, its grandparent the workdir
+    ident = identity.read(run_dir)
+    if ident.run is None:
+        identity.legacy_notice(run_dir, "evaluated")
     keys = derive_eval_keys(cfg.training.seed)
     splits = load_splits(cfg.data)
     x = getattr(splits, split)
@@ -284,7 +307,10 @@ def evaluate_run(
     # Every local device: the parameters replicated, each batch split over the devices.
     mesh = make_mesh(jax.local_devices())
     check_eval_batch(cfg.eval.batch_size, mesh)
-    state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh))
+    owner = checkpoint.Owner(ident.run, ident.legacy)
+    state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh), owner)
+    # After the structure check, which names the array a model edit changes.
+    identity.check_config(run_dir, ident)
 
     metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys, mesh)
     arrays = None
@@ -294,6 +320,7 @@ def evaluate_run(
         )
     record = {
         "run_id": run_dir.name,
+        "run": ident.run,  # the run identity read (None: a legacy run)
         "checkpoint": checkpoint_name,
         "step": int(state.step),
         "split": split,
@@ -306,12 +333,16 @@ def evaluate_run(
     record["seconds"] = time.perf_counter() - tic
 
     written = [run_dir / "eval" / f"{checkpoint_name}_{split}.json"]
+    if identity.read(run_dir).run != ident.run:  # replaced (--overwrite) while evaluating
+        raise RunDirError(
+            f"run {run_dir.name} was replaced while it was being evaluated (its provenance.json now "
+            f"names another run than {ident.run}); nothing written; evaluate it again"
+        )
+    history = training_history(run_dir / "metrics.json") if arrays is not None else None
     try:
         atomic_write_json(written[0], record)
         if arrays is not None:
             folder = run_dir.parent.parent / "figures" / run_dir.name
-            metrics_path = run_dir / "metrics.json"
-            history = read_json(metrics_path)["history"] if metrics_path.is_file() else None
             written += draw_figures(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
     except OSError as e:  # read-only or full disk: one line, exit status 4
         raise StorageError(f"cannot write the evaluation of {run_dir}: {e}") from e

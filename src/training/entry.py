@@ -198,6 +198,8 @@ def _main(argv: Sequence[str]) -> int:
     try:
         if writer:
             replacement = prepare(paths, resume=args.resume, overwrite=args.overwrite)
+            assert lock is not None
+            lock.lock_folder()  # the new folder an --overwrite made
         elif args.resume and not paths.config.is_file():
             raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")
         try:

@@ -104,7 +104,7 @@ def train_and_evaluate(
     total_steps = parts.total_steps
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric), bound
-    # to the run's identity (run.json).
+    # to the run's identity (provenance.json).
     ident = run_identity(cfg, paths, resume, writer)
     owner = checkpoint.Owner(ident.run, ident.legacy)
     with checkpoint.Checkpoints(
@@ -117,7 +117,9 @@ def train_and_evaluate(
             )
 
         # --- Run record (written only once the checkpoints are known to be usable).
-        recorder, console, best = open_record(cfg, paths, parts, state, best_meta, resume, writer)
+        recorder, console, best = open_record(
+            cfg, paths, parts, state, best_meta, resume, writer, ident
+        )
         run = Run(cfg, parts, recorder, console, ckpts)
         try:
             return run_loop(run, paths, state, interval, best, on_start, writer)
@@ -126,14 +128,14 @@ def train_and_evaluate(
 
 
 def run_identity(cfg: Any, paths: RunPaths, resume: bool, writer: bool) -> identity.Identity:
-    """The run's identity: created with a new run, read on resume (a legacy run adopts one).
-    Processes other than the writer of a new run check nothing (run.json may not exist yet)."""
+    """The run's identity (written to provenance.json by open_record): new with a new run, read
+    on resume (a legacy run adopts one). Processes other than the writer check nothing."""
+    if not writer:
+        return identity.read(paths.run_dir) if resume else identity.Identity(None)
     if not resume:
-        return identity.create(paths.run_dir, cfg) if writer else identity.Identity(None)
+        return identity.new(cfg)
     ident = identity.read(paths.run_dir)
-    if ident.run is None and writer:
-        ident = identity.adopt(paths.run_dir, cfg)
-    return ident
+    return identity.adopt(cfg) if ident.run is None else ident
 
 
 def run_loop(
@@ -159,7 +161,7 @@ def run_loop(
     recorder.update(status="running")
     # Every file the run writes before its first step is written once before on_start (an
     # --overwrite'n run is deleted there): metrics.json and TensorBoard (config.yaml,
-    # provenance.json and run.json are already), a file in each checkpoint folder, runs.csv.
+    # provenance.json are already), a file in each checkpoint folder, runs.csv.
     if writer:
         recorder.save()
         ckpts.check_writable()
@@ -240,6 +242,7 @@ def open_record(
     best_meta: dict[str, Any] | None,
     resume: bool,
     writer: bool,
+    ident: identity.Identity,
 ) -> tuple[Recorder, Console, float | None]:
     """Opens the run record at state.step: metrics.json and TensorBoard (a resumed history is cut
     back to that step), config.yaml, provenance.json, and the console's header and parameter
@@ -279,17 +282,17 @@ def open_record(
         recorder.set_best(best_meta["step"], cfg.checkpoint.best_metric, best)
     if writer:
         if resume:
-            prov = provenance.read_for_resume(paths.provenance, first)
+            prov = identity.read_provenance(paths.provenance)
             prov.setdefault("resumes", []).append(
                 provenance.collect(tcfg.seed, {"from_step": first})
             )
         else:
             data_info = {**parts.splits.info, "on_device": parts.batches.on_device}
             prov = provenance.collect(tcfg.seed, {"data": data_info})
+        # The run identity with the config the run goes on with (a changed training.epochs).
+        prov[identity.KEY] = ident.with_config(cfg).to_json()
         # On resume this records a changed training.epochs; otherwise it is the same text.
         save_config(cfg, paths.config)
-        if resume:  # the config the run goes on with (run.json was written at creation)
-            identity.write(paths.run_dir, identity.read(paths.run_dir), cfg)
         atomic_write_json(paths.provenance, prov)
     recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
     # The header, and the parameter table (also in <log_dir>/params.txt); the fields that

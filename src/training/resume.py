@@ -2,7 +2,7 @@
 anything to resume, and the state, interval and best it continues from.
 
 A run's files are checked to be its own first (src/utils/identity.py): config.yaml must equal
-the config recorded in run.json, metrics.json must be there beside the checkpoints, and a step
+the config recorded with its identity, metrics.json must be there beside the checkpoints, and a step
 saved by another run is refused like a corrupted one. The record itself is cut back to the
 restored step by the recorder (src/utils/recorder.py: truncate, TensorBoard rebuilt), and the
 open logging interval comes back from the checkpoint's meta (src/training/interval.py).
@@ -41,7 +41,7 @@ RESUMABLE_OVERRIDES = {
 
 def check_run_files(paths: RunPaths) -> identity.Identity:
     """The run's identity, once its config.yaml is known to be the one it trained with and its
-    metrics.json is there if it has checkpoints. A legacy run (no run.json) passes with a
+    metrics.json is there if it has checkpoints. A legacy run (no identity) passes with a
     notice."""
     if not paths.config.is_file():
         raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")

@@ -212,7 +212,7 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Owner:
-    """Which run's steps a folder may hold: the run identity of run.json (src/utils/identity.py).
+    """Which run's steps a folder may hold: the run identity in provenance.json (src/utils/identity.py).
 
     run None: nothing is checked (a run made before run identities existed, read without
     one). legacy: the run was made by an older version and adopted an identity later, so its

@@ -104,27 +104,3 @@ def collect(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
         **(extra or {}),
     }
-
-
-def read_for_resume(path: Path, step: int) -> dict[str, Any]:
-    """provenance.json of a run being resumed at step. Missing: a new record saying so (with a
-    warning line); not a JSON object: StorageError (exit 4) naming it."""
-    from src.utils.errors import StorageError
-    from src.utils.io import read_json
-
-    if not path.is_file():
-        print(
-            f"warning: {path} is missing; the run's provenance starts again at step {step}",
-            file=sys.stderr,
-        )
-        return {"missing_before_step": step}
-    try:
-        prov = read_json(path)
-    except OSError as e:
-        raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
-    if not isinstance(prov, dict):
-        raise StorageError(
-            f"{path}: not a provenance record (a JSON object); restore it from a copy of the "
-            "run, or delete it to resume with a provenance that starts at this resume"
-        )
-    return prov

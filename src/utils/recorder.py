@@ -129,8 +129,8 @@ class Recorder:
             "history": [],
         }
         if resume and metrics_path.is_file():
-            old = read_record(metrics_path)
-            self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
+            saved = read_record(metrics_path)
+            self.data.update({k: saved[k] for k in ("best", "final", "history") if k in saved})
         self.history_lines = [encode_json(r) for r in self.data["history"]]  # kept in step
         self.tb = None
         self.tb_rebuild = False  # truncate() writes the kept history to TensorBoard again

@@ -2,7 +2,8 @@
 
 One writer per run: `lock_run` takes an exclusive fcntl.flock on `checkpoints/.<run_id>.lock`
 (next to the run folder, not inside it, so that --overwrite can move the folder aside while
-holding the lock). The kernel releases it when the process ends, however it ends, so a killed
+holding the lock), and one on the run folder itself, which an `rm` of the lock file cannot take
+away from the running writer. The kernel releases it when the process ends, however it ends, so a killed
 run never leaves it stuck. The file holds the PID of the last holder, for the error message.
 
 --overwrite never deletes before the new run has started: `prepare` renames the old folders to
@@ -129,8 +130,44 @@ class RunLock:
             os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the PID is only shown to a second writer; the lock itself is held
+        self.run_dir = paths.run_dir
+        self.folder_fds: list[int] = []
+        try:
+            self.lock_folder()
+        except BaseException:
+            self.release()
+            raise
+
+    def lock_folder(self) -> None:
+        """Also locks the run folder itself, if it exists (call again once prepare has made a
+        new one): unlike the lock file, an `rm` cannot take it away from the running writer."""
+        try:
+            fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise storage_error(f"lock run folder {self.run_dir}", e) from e
+        inode = os.fstat(fd)[:2]
+        if any(os.fstat(held)[:2] == inode for held in self.folder_fds):
+            os.close(fd)  # already ours (a second flock of it would conflict with ours)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise storage_error(f"lock run folder {self.run_dir}", e) from e
+            raise RunDirError(
+                f"run {self.run_dir.name} is in use by another process (its folder "
+                f"{self.run_dir} is locked; its lock file {self.path} was removed); wait for it "
+                "to end or stop it, then try again"
+            ) from None
+        self.folder_fds.append(fd)
 
     def release(self) -> None:
+        for fd in getattr(self, "folder_fds", []):
+            os.close(fd)
+        self.folder_fds = []
         if self.fd is not None:
             os.close(self.fd)  # closing releases the lock
             self.fd = None
