@@ -1,0 +1,367 @@
+"""Hardening III (issue 29): every file of a run belongs to that run, and no mistake deletes a
+finished one. Each test fails on 4bbfa3c. Runs use the tiny baseline (tests/helpers.py TINY)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.utils.errors import ConfigError, RunDirError, StorageError
+from src.utils.io import read_json
+from src.utils.rundir import lock_run, prepare, run_paths
+from tests import test_hardening
+from tests.helpers import read_state
+from tests.test_hardening import assert_files, cli_args, fake_run, leftovers, resume
+
+# The fixtures of tests/test_hardening.py: a run stopped by SIGTERM at step 30.
+default_handlers = test_hardening.default_handlers
+stopped_run = test_hardening.stopped_run
+
+
+def evaluate(run_dir: Path, *extra: str) -> Any:
+    from src.evaluation.evaluate import evaluate_run
+
+    overrides = ["eval.iwae_samples=2", "eval.mi_samples=2", "eval.figures=false", *extra]
+    return evaluate_run(run_dir, "best", "val", overrides)
+
+
+def edit_yaml(path: Path, section: str, key: str, value: Any) -> None:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    node = data
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# --- 1. A misspelt metric name is refused before anything is touched.
+
+
+def test_a_misspelt_best_metric_is_refused_before_the_old_run_is_touched(tmp_path):
+    from src.training.entry import main
+
+    files = fake_run(tmp_path, "keep")
+    with pytest.raises(ConfigError, match="checkpoint.best_metric: 'elob' is not one of elbo"):
+        main(cli_args(tmp_path, "keep", "--overwrite", "--config.checkpoint.best_metric=elob"))
+    with pytest.raises(ConfigError, match="checkpoint.best_metric"):
+        main(cli_args(tmp_path, "other", "--dry_run", "--config.checkpoint.best_metric=elob"))
+    assert_files(files)
+    assert leftovers(tmp_path) == []
+
+
+def test_best_metric_choices_are_the_scalars_validation_records(stopped_run):
+    from src.utils.config import CHOICES
+
+    val = read_json(stopped_run / "metrics.json")["final"]["val"]
+    scalars = {k for k, v in val.items() if isinstance(v, float | int)}
+    assert set(CHOICES["checkpoint.best_metric"]) == scalars - {"step", "num_examples"}
+
+
+# --- 2. --overwrite deletes the old run only after every write before the first step.
+
+
+def _fail_atomic(monkeypatch: Any, name: str) -> None:
+    from src.utils import io
+
+    original = io.atomic_write_bytes
+
+    def failing(path: Path, data: bytes) -> None:
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        original(path, data)
+
+    monkeypatch.setattr(io, "atomic_write_bytes", failing)
+
+
+def _fail_runs_csv(monkeypatch: Any) -> None:
+    from src.utils import run_index
+
+    def failing(path: Path) -> int:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(run_index, "open_index", failing)
+
+
+def _fail_checkpoint_folder(monkeypatch: Any) -> None:
+    import tempfile
+
+    from src.utils import checkpoint
+
+    original = tempfile.mkstemp
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if "model_best" in str(kwargs.get("dir", "")):
+            raise PermissionError(13, "Permission denied", str(kwargs["dir"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", failing)
+
+
+def _fail_tensorboard(monkeypatch: Any) -> None:
+    import tensorboardX
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", "events.out.tfevents")
+
+    monkeypatch.setattr(tensorboardX, "FileWriter", failing)
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [
+        lambda mp: _fail_atomic(mp, "config.yaml"),
+        lambda mp: _fail_atomic(mp, "provenance.json"),
+        lambda mp: _fail_atomic(mp, "metrics.json"),
+        lambda mp: _fail_atomic(mp, "params.txt"),
+        _fail_runs_csv,
+        _fail_checkpoint_folder,
+        _fail_tensorboard,
+    ],
+    ids=["config", "provenance", "metrics", "params", "runs_csv", "checkpoints", "tensorboard"],
+)
+def test_an_overwrite_whose_first_writes_fail_keeps_the_old_run(tmp_path, monkeypatch, fail):
+    from src.training.entry import main
+
+    files = fake_run(tmp_path, "keep")
+    before = (tmp_path / "runs.csv").read_text()
+    fail(monkeypatch)
+    with pytest.raises((OSError, StorageError)):
+        main(cli_args(tmp_path, "keep", "--overwrite"))
+    monkeypatch.undo()
+    assert_files(files)
+    assert leftovers(tmp_path) == []
+    assert (tmp_path / "runs.csv").read_text() == before
+
+
+# --- 3. Run ids never collide with the names --overwrite and the lock use.
+
+
+@pytest.mark.parametrize("run_id", [".r.replaced", ".r.deleted", ".r.lock", ".hidden"])
+def test_a_run_id_beginning_with_a_dot_is_refused(tmp_path, run_id):
+    from src.training.entry import main
+
+    paths = run_paths(tmp_path, "r")
+    prepare(paths, resume=False, overwrite=False)
+    (paths.run_dir / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(RunDirError, match="not beginning with '.'"):
+        main(cli_args(tmp_path, run_id))
+    with pytest.raises(RunDirError, match="not beginning with '.'"):
+        main([f"--workdir={tmp_path}", f"--run_id={run_id}", "--resume"])
+    assert (paths.run_dir / "config.yaml").read_text() == "x: 1\n"
+
+
+# --- 4. A hand-edited config.yaml is refused on resume and evaluate.
+
+
+def test_resume_refuses_a_hand_edited_config_naming_the_key(stopped_run, capsys):
+    edit_yaml(stopped_run / "config.yaml", "training.kl", "beta", 0.5)
+    before = (stopped_run / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"config.yaml differs .*training.kl.beta"):
+        resume(stopped_run)
+    assert (stopped_run / "metrics.json").read_bytes() == before
+
+
+def test_evaluate_refuses_a_hand_edited_config(stopped_run):
+    edit_yaml(stopped_run / "config.yaml", "model", "activation", "tanh")
+    with pytest.raises(
+        ConfigError, match=r"model.activation \(recorded '\w+', config.yaml 'tanh'\)"
+    ):
+        evaluate(stopped_run)
+    assert not (stopped_run / "eval").exists()
+
+
+def test_a_resume_that_changes_epochs_is_recorded_and_resumes_again(stopped_run, capsys):
+    from src.training.entry import main
+
+    args = [f"--workdir={stopped_run.parents[1]}", "--run_id=stopped", "--resume"]
+    assert main([*args, "--config.training.epochs=3"]) == 0
+    prov = read_json(stopped_run / "provenance.json")
+    assert prov["identity"]["config"]["training"]["epochs"] == 3
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already completed" in capsys.readouterr().out
+
+
+# --- 5. A step copied from another run is refused like a corrupted one.
+
+
+def test_resume_and_evaluate_refuse_a_step_from_another_run(stopped_run, tmp_path, capsys):
+    from src.training.entry import main
+
+    assert main(cli_args(tmp_path, "other")) == 0  # the same config: only the identity differs
+    other = tmp_path / "checkpoints" / "other"
+    # Its model_best replaces ours: evaluate refuses it (exit 4), naming the step.
+    ours_best = stopped_run / "model_best"
+    shutil.rmtree(ours_best)
+    shutil.copytree(other / "model_best", ours_best)
+    with pytest.raises(StorageError, match="not this run's"):
+        evaluate(stopped_run)
+    # Its newest model_last step lands in ours: the resume sets it aside and goes on from ours.
+    newest = max(int(p.name) for p in (other / "model_last").iterdir() if p.name.isdigit())
+    shutil.copytree(other / "model_last" / str(newest), stopped_run / "model_last" / "40")
+    capsys.readouterr()
+    assert resume(stopped_run) == 0
+    err = capsys.readouterr().err
+    assert "not this run's" in err and "resuming from step 30" in err
+    assert any(".corrupt-" in p.name for p in (stopped_run / "model_last").iterdir())
+
+
+# --- 7. An evaluation record names the run and is written only into it.
+
+
+def test_an_evaluation_of_a_run_replaced_meanwhile_writes_nothing(stopped_run, monkeypatch):
+    from src.evaluation import evaluate as ev
+
+    compute = ev.compute_metrics
+
+    def replacing(*args: Any, **kwargs: Any) -> Any:
+        out = compute(*args, **kwargs)
+        prov = read_json(stopped_run / "provenance.json")
+        prov["identity"]["run"] = "f" * 32  # another run now lives in the folder
+        (stopped_run / "provenance.json").write_text(json.dumps(prov))
+        return out
+
+    monkeypatch.setattr(ev, "compute_metrics", replacing)
+    with pytest.raises(RunDirError, match="replaced while it was being evaluated"):
+        evaluate(stopped_run)
+    assert not (stopped_run / "eval").exists()
+
+
+def test_the_notebook_flags_an_eval_record_of_another_run(stopped_run):
+    from src.evaluation.notebook import read_evals, stale_evals
+
+    record, _ = evaluate(stopped_run)
+    assert record["run"] == read_json(stopped_run / "provenance.json")["identity"]["run"]
+    assert stale_evals(stopped_run, read_evals(stopped_run)) == []
+    prov = read_json(stopped_run / "provenance.json")
+    prov["identity"]["run"] = "f" * 32
+    (stopped_run / "provenance.json").write_text(json.dumps(prov))
+    (warning,) = stale_evals(stopped_run, read_evals(stopped_run))
+    assert "not written for this run" in warning
+
+
+# --- 8. A missing metrics.json beside checkpoints is an error, not an empty history.
+
+
+def test_resume_without_metrics_json_is_exit_4_and_keeps_tensorboard(stopped_run):
+    (stopped_run / "metrics.json").unlink()
+    log_dir = stopped_run.parents[1] / "logs" / "stopped"
+    events = sorted(p.name for p in log_dir.glob("events.out.tfevents.*"))
+    with pytest.raises(StorageError, match="metrics.json is missing beside the checkpoints"):
+        resume(stopped_run)
+    assert sorted(p.name for p in log_dir.glob("events.out.tfevents.*")) == events
+
+
+# --- 9. Removing the lock file does not let a second writer in.
+
+
+def test_a_removed_lock_file_does_not_let_a_second_writer_in(tmp_path):
+    paths = run_paths(tmp_path, "busy")
+    prepare(paths, resume=False, overwrite=False)
+    with lock_run(paths):
+        paths.lock.unlink()
+        with pytest.raises(RunDirError, match="in use by another process"):
+            lock_run(paths)
+    with lock_run(paths):  # released with its holder
+        pass
+
+
+# --- 10. Damaged record files are one line, not a traceback.
+
+
+@pytest.mark.parametrize(
+    "name, text, error",
+    [
+        ("metrics.json", "[]", "not a run record"),
+        ("metrics.json", '{"history": [{"split": "train"}]}', "not a run record"),
+        ("provenance.json", "[]", "not a provenance record"),
+    ],
+)
+def test_resume_with_a_damaged_record_file_is_exit_4(stopped_run, name, text, error):
+    (stopped_run / name).write_text(text)
+    with pytest.raises(StorageError, match=error):
+        resume(stopped_run)
+
+
+def test_resume_without_provenance_json_is_exit_4(stopped_run):
+    (stopped_run / "provenance.json").unlink()
+    with pytest.raises(StorageError, match="provenance.json is missing"):
+        resume(stopped_run)
+
+
+def test_evaluate_with_checksums_json_that_is_a_list_is_exit_4(stopped_run):
+    (step,) = [p for p in (stopped_run / "model_best").iterdir() if p.name.isdigit()]
+    (step / "checksums.json").write_text("[]")
+    with pytest.raises(StorageError, match="checksums.json is not an object"):
+        evaluate(stopped_run)
+
+
+# --- A legacy run (made before run identities) still resumes and evaluates.
+
+
+def test_a_legacy_run_resumes_and_evaluates_with_a_notice(tmp_path, monkeypatch, capsys):
+    from src.training import loop
+    from src.training.entry import main
+    from src.utils import identity
+
+    # What 4bbfa3c wrote: no identity in provenance.json, none in the steps.
+    monkeypatch.setattr(loop.identity, "new", lambda cfg: identity.Identity(None))
+    assert main(cli_args(tmp_path, "old", "--config.training.epochs=1")) == 0
+    monkeypatch.undo()
+    run_dir = tmp_path / "checkpoints" / "old"
+    prov = read_json(run_dir / "provenance.json")
+    del prov["identity"]
+    (run_dir / "provenance.json").write_text(json.dumps(prov))
+    capsys.readouterr()
+    record, _ = evaluate(run_dir)
+    assert "no run identity" in capsys.readouterr().err and record["run"] is None
+    args = [f"--workdir={tmp_path}", "--run_id=old", "--resume", "--config.training.epochs=2"]
+    assert main(args) == 0
+    assert "no run identity" in capsys.readouterr().err
+    ident = read_json(run_dir / "provenance.json")["identity"]
+    assert ident["legacy"] is True
+    step, _ = read_state(run_dir / "model_last")
+    sums = read_json(run_dir / "model_last" / str(step) / "checksums.json")
+    assert sums["run"] == ident["run"]
+    record, _ = evaluate(run_dir)  # the adopted identity: checked from now on
+    assert record["run"] == ident["run"]
+
+
+# --- 13. A short write to runs.csv is not ignored.
+
+
+def test_a_short_write_to_runs_csv_raises_and_leaves_no_partial_row(tmp_path, monkeypatch):
+    from src.utils import run_index
+
+    path = tmp_path / "runs.csv"
+    run_index.append_row(path, {"event": "start", "run_id": "a"})
+    before = path.read_bytes()
+    real_write = os.write
+    monkeypatch.setattr(run_index.os, "write", lambda fd, data: real_write(fd, data[:5]))
+    with pytest.raises(OSError, match="wrote 5 of"):
+        run_index.append_row(path, {"event": "start", "run_id": "b"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+
+
+# --- 14. Record files honour the umask.
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    from src.utils.io import atomic_write_json
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == mode
