@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from src.training.run.rundir import lock_run, prepare, run_paths
 from src.utils.errors import ConfigError, RunDirError, StorageError
 from src.utils.io import read_json
-from src.utils.rundir import lock_run, prepare, run_paths
 from tests import test_hardening
 from tests.helpers import read_state
 from tests.test_hardening import assert_files, cli_args, fake_run, leftovers, resume
@@ -82,7 +82,7 @@ def _fail_atomic(monkeypatch: Any, name: str) -> None:
 
 
 def _fail_runs_csv(monkeypatch: Any) -> None:
-    from src.utils import run_index
+    from src.training.run import run_index
 
     def failing(path: Path) -> int:
         raise PermissionError(13, "Permission denied", str(path))
@@ -93,7 +93,7 @@ def _fail_runs_csv(monkeypatch: Any) -> None:
 def _fail_checkpoint_folder(monkeypatch: Any) -> None:
     import tempfile
 
-    from src.utils import checkpoint
+    from src.training.run import checkpoint
 
     original = tempfile.mkstemp
 
@@ -310,7 +310,7 @@ def test_evaluate_with_checksums_json_that_is_a_list_is_exit_4(stopped_run):
 def test_a_legacy_run_resumes_and_evaluates_with_a_notice(tmp_path, monkeypatch, capsys):
     from src.training import loop
     from src.training.entry import main
-    from src.utils import identity
+    from src.training.run import identity
 
     # What 4bbfa3c wrote: no identity in provenance.json, none in the steps.
     monkeypatch.setattr(loop.identity, "new", lambda cfg: identity.Identity(None))
@@ -339,7 +339,7 @@ def test_a_legacy_run_resumes_and_evaluates_with_a_notice(tmp_path, monkeypatch,
 
 
 def test_a_short_write_to_runs_csv_raises_and_leaves_no_partial_row(tmp_path, monkeypatch):
-    from src.utils import run_index
+    from src.training.run import run_index
 
     path = tmp_path / "runs.csv"
     run_index.append_row(path, {"event": "start", "run_id": "a"})

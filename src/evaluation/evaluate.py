@@ -25,16 +25,16 @@ from src.data.pipeline import load_splits, padded_batches, steps_per_epoch
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
+from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
+from src.training.run import checkpoint, identity
+from src.training.run.recorder import read_record
 from src.training.setup import abstract_train_state, derive_keys
-from src.training.state import TrainState
+from src.training.state import TrainState, eval_params
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
-from src.utils import checkpoint, identity
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError
 from src.utils.io import atomic_write_json
-from src.utils.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
-from src.utils.recorder import read_record
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
 SPLITS = ("train", "val", "test")
@@ -312,11 +312,12 @@ def evaluate_run(
     # After the structure check, which names the array a model edit changes.
     identity.check_config(run_dir, ident)
 
-    metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys, mesh)
+    params = eval_params(state, cfg.eval.use_ema)
+    metrics, post = compute_metrics(cfg, graphdef, params, x, keys, mesh)
     arrays = None
     if cfg.eval.figures:
         arrays = figure_arrays(
-            cfg, graphdef, state.params, x, post, metrics["kl_per_dim"], keys["figures"]
+            cfg, graphdef, params, x, post, metrics["kl_per_dim"], keys["figures"]
         )
     record = {
         "run_id": run_dir.name,

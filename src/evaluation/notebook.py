@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from src.utils import identity
+from src.training.run import identity
 from src.utils.cli import ArgumentParser
 from src.utils.errors import RunDirError, StorageError
 

@@ -8,6 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from src.training.resume import check_run_files, completed_message, resume_config
+from src.training.run.rundir import (
+    Replacement,
+    RunPaths,
+    default_run_id,
+    lock_run,
+    prepare,
+    run_paths,
+)
+from src.training.run.signals import CommandGuard, Interrupted
 from src.utils.cli import (
     NONFINITE_STATUS,
     USER_ERROR_STATUS,
@@ -20,15 +29,6 @@ from src.utils.config import CONFIG_ROOT, load_config, load_saved_config, read_y
 from src.utils.errors import ConfigError, RunDirError, RunError, UserError
 from src.utils.io import guarded_console
 from src.utils.reproducibility import configure_determinism
-from src.utils.rundir import (
-    Replacement,
-    RunPaths,
-    default_run_id,
-    lock_run,
-    prepare,
-    run_paths,
-)
-from src.utils.signals import CommandGuard, Interrupted
 
 
 def _group_names(group: str) -> str:
@@ -130,7 +130,9 @@ def writes_run_folder(parallel: Any) -> bool:
         return True
     if parallel.process_id >= 0:
         return bool(parallel.process_id == 0)
-    from src.utils.parallel import detected_cluster  # imports JAX: not for every command line
+    from src.training.device.parallel import (
+        detected_cluster,  # imports JAX: not for every command line
+    )
 
     env = detected_cluster()
     return env is None or bool(env.get_process_id() == 0)
@@ -212,8 +214,8 @@ def _main(argv: Sequence[str]) -> int:
                     return 0
 
             configure_determinism(cfg.compile.deterministic_gpu)  # before JAX starts a backend
+            from src.training.device.compilation import enable_cache
             from src.training.loop import train_and_evaluate
-            from src.utils.compilation import enable_cache
 
             enable_cache(cfg.compile)  # before the first compilation
 

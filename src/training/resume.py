@@ -1,10 +1,10 @@
 """--resume, decided in one place: which config a resumed run continues with, whether there is
 anything to resume, and the state, interval and best it continues from.
 
-A run's files are checked to be its own first (src/utils/identity.py): config.yaml must equal
+A run's files are checked to be its own first (src/training/run/identity.py): config.yaml must equal
 the config recorded with its identity, metrics.json must be there beside the checkpoints, and a step
 saved by another run is refused like a corrupted one. The record itself is cut back to the
-restored step by the recorder (src/utils/recorder.py: truncate, TensorBoard rebuilt), and the
+restored step by the recorder (src/training/run/recorder.py: truncate, TensorBoard rebuilt), and the
 open logging interval comes back from the checkpoint's meta (src/training/interval.py).
 """
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from src.training import interval as accum
-from src.utils import identity
-from src.utils.checkpoint import Checkpoints, abstract_like
+from src.training.run import identity
+from src.training.run.checkpoint import Checkpoints, abstract_like
+from src.training.run.recorder import read_record
+from src.training.run.rundir import RunPaths
 from src.utils.config import changed_keys, load_config, load_saved_config
 from src.utils.errors import ConfigError, RunDirError, StorageError
-from src.utils.recorder import read_record
-from src.utils.rundir import RunPaths
 
 # Keys that may differ when resuming: they change how long the run is, where it runs (the
 # checkpoint does not depend on the device count) or how fast, not what it computes.

@@ -2,7 +2,7 @@
 
 It holds a random id (`run`) and the config the run trains with (`config`, rewritten when a
 resume changes a key the command line may change). Every checkpoint step carries the id in its
-checksums.json and meta (src/utils/checkpoint.py), every evaluation record names it, so a
+checksums.json and meta (src/training/run/checkpoint.py), every evaluation record names it, so a
 run's files are known to be its own rather than trusted because of where they lie:
 
 - config.yaml must equal `config`: a hand edit is refused on resume and evaluate (exit 2,

@@ -151,7 +151,7 @@ class Folder:
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(jax.device_get(state)),
+                    state=ocp.args.StandardSave(jax.device_get(saved_tree(state))),
                     meta=ocp.args.JsonSave(meta),
                 ),
                 force=True,
@@ -212,7 +212,7 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Owner:
-    """Which run's steps a folder may hold: the run identity in provenance.json (src/utils/identity.py).
+    """Which run's steps a folder may hold: the run identity in provenance.json (src/training/run/identity.py).
 
     run None: nothing is checked (a run made before run identities existed, read without
     one). legacy: the run was made by an older version and adopted an identity later, so its
@@ -353,14 +353,28 @@ def restore(
             restored = manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(saved_tree(abstract_state)),
+                    meta=ocp.args.JsonRestore(),
                 ),
             )
     except Exception as e:
         raise CorruptStep(folder, f"does not read back: {_first_line(e)}") from e
     meta = restored["meta"]
     owner.check(folder, meta.get(RUN_KEY) if isinstance(meta, dict) else None)
-    return restored["state"], meta
+    state = restored["state"]
+    if hasattr(abstract_state, "_fields"):  # the NamedTuple that saved_tree took apart
+        state = type(abstract_state)(**state)
+    return state, meta
+
+
+def saved_tree(state: Any) -> Any:
+    """What a checkpoint holds of state: a NamedTuple (the TrainState) as the mapping of its
+    fields, less those that are None (an optional part that is off, e.g. the EMA), so adding such
+    a part changes nothing on disk for the runs that do not use it and older runs still restore.
+    """
+    if not hasattr(state, "_fields"):
+        return state
+    return {k: v for k, v in state._asdict().items() if v is not None}
 
 
 def restore_newest(
@@ -491,7 +505,7 @@ def check_matches(
 
 
 class Record(Protocol):
-    """What Checkpoints needs of the run record (src/utils/recorder.py:Recorder)."""
+    """What Checkpoints needs of the run record (src/training/run/recorder.py:Recorder)."""
 
     def set_best(self, step: int, metric: str, value: float) -> None: ...
 
