@@ -365,3 +365,117 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == mode
+
+
+# --- 6. Relative data paths are resolved once, when the run is created, and checked.
+
+
+def _npz(folder: Path, seed: int) -> None:
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(seed).random((600, 8, 8, 1), dtype=np.float32)
+    np.savez(folder / "arrays.npz", train=x)
+
+
+def test_resume_and_evaluate_from_another_directory_read_the_runs_own_data(
+    tmp_path, monkeypatch, default_handlers, capsys
+):
+    import signal
+
+    from src.training.entry import main
+    from tests.helpers import at_batch
+
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    _npz(first, 0)
+    _npz(elsewhere, 1)  # the same relative name, other data
+    workdir = tmp_path / "w"
+    monkeypatch.chdir(first)
+    at_batch(monkeypatch, 25, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    args = cli_args(workdir, "npz", "--data=npz", "--config.data.npz.path=arrays.npz")
+    assert main(args) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    run_dir = workdir / "checkpoints" / "npz"
+    monkeypatch.chdir(first)
+    here, _ = evaluate(run_dir)
+    monkeypatch.chdir(elsewhere)
+    record, _ = evaluate(run_dir)  # reads first/arrays.npz, which it was trained on
+    assert record["elbo"] == here["elbo"] and record["num_examples"] == here["num_examples"]
+    assert main([f"--workdir={workdir}", "--run_id=npz", "--resume"]) == 0
+    # The run's own file changed: refused, naming it.
+    _npz(first, 2)
+    from src.utils.errors import DataError
+
+    with pytest.raises(DataError, match="differs from the data run npz trained on"):
+        evaluate(run_dir)
+
+
+# --- 10, 11. Input problems are one line (a ConfigError), never a traceback.
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.b1=1.0", "optimizer.b1 must be in [0, 1)"),
+        ("optimizer.b2=1.0", "optimizer.b2 must be in [0, 1)"),
+        ("optimizer.eps=0.0", "optimizer.eps must be > 0"),
+        ("model.transformer.mlp_ratio=0.001", "rounds to an MLP width of 0"),
+    ],
+)
+def test_values_that_can_never_train_are_config_errors(override, message):
+    from src.utils.config import load_config
+    from tests.helpers import BASELINE
+
+    with pytest.raises(ConfigError, match=re_escape(message)):
+        load_config(BASELINE, overrides=[override])
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+@pytest.mark.parametrize("coordinator", ["", "localhost:1"])
+def test_distributed_without_what_jax_needs_is_a_config_error(coordinator):
+    from types import SimpleNamespace
+
+    from src.training.device.parallel import initialize_distributed
+
+    cfg = SimpleNamespace(
+        distributed="true", coordinator_address=coordinator, num_processes=0, process_id=-1
+    )
+    with pytest.raises(ConfigError, match="jax.distributed cannot start"):
+        initialize_distributed(cfg)
+
+
+def test_a_sweep_file_with_too_many_random_trials_is_refused(tmp_path):
+    from src.experiments.spec import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "experiment: configs/experiment/baseline.yaml\n"
+        "random:\n  seed: 0\n  trials: 100000000\n  params:\n    training.lr: [0.001, 0.01]\n"
+    )
+    with pytest.raises(ConfigError, match="random.trials must be in 1..10000"):
+        load_sweep(path)
+
+
+def test_a_trial_whose_metrics_json_is_a_list_does_not_stop_the_sweep(tmp_path):
+    from src.experiments import runner, summary
+
+    run_dir = tmp_path / "checkpoints" / "t"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text("[]")
+    assert runner._status(run_dir / "metrics.json") is None
+    assert summary._record(run_dir / "metrics.json") == {}
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(capsys):
+    from src.utils.cli import run
+
+    def main(argv: Any) -> int:
+        raise KeyboardInterrupt
+
+    assert run(main, []) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted (SIGINT)"]

@@ -300,7 +300,9 @@ def evaluate_run(
     if ident.run is None:
         identity.legacy_notice(run_dir, "evaluated")
     keys = derive_eval_keys(cfg.training.seed)
-    splits = load_splits(cfg.data)
+    recorded = identity.recorded_data(run_dir)
+    splits = load_splits(identity.pinned_data(cfg, recorded).data)
+    identity.check_data(run_dir, recorded, splits.info)
     x = getattr(splits, split)
     total_steps = cfg.training.epochs * steps_per_epoch(len(splits.train), cfg.training.batch_size)
     graphdef, abstract = abstract_train_state(cfg, splits.train.shape[1:], total_steps)

@@ -111,9 +111,10 @@ def trial_action(run_dir: Path) -> str:
 def _status(metrics: Path) -> str | None:
     """The status in metrics.json; None when it does not read (train.py then says why)."""
     try:
-        return read_json(metrics).get("status")
-    except StorageError:
+        record = read_json(metrics)
+    except (StorageError, OSError):
         return None
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def expected_hash(spec: SweepSpec, trial: Trial) -> str | None:
@@ -222,7 +223,8 @@ def run_trial(
         name = signal.Signals(_trials.signum).name
         return Outcome(trial.run_id, "skipped", "interrupted", f"not started ({name})", 0.0)
     if action == "skip":
-        recorded = read_json(run_dir / "metrics.json").get("config_hash")
+        record = read_json(run_dir / "metrics.json")
+        recorded = record.get("config_hash") if isinstance(record, dict) else None
         expected = expected_hash(spec, trial)
         if expected is not None and recorded != expected:
             return Outcome(
@@ -248,7 +250,8 @@ def run_trial(
             cmd,
             stdout=f,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            # The sweep's own directory: relative data paths resolve as train.py's would there.
+            cwd=Path.cwd(),
             env={**os.environ, "SWEEP_NAME": spec.name, **env},
             start_new_session=True,  # signals reach it once, passed on by the sweep
         )

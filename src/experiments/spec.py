@@ -36,6 +36,8 @@ REPO_ROOT = CONFIG_ROOT.parent
 SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "combine", "random", "seeds", "metric")
 COMBINE = ("product", "zip")
 RANDOM_KEYS = ("seed", "trials", "params")
+# More random trials than any sweep runs: a typo (1e8) is refused before they are drawn.
+MAX_RANDOM_TRIALS = 10_000
 # Summary columns a sweep may plot; summary.RESULT_COLUMNS is built from these.
 METRICS = (
     "best_value",
@@ -211,8 +213,10 @@ def load_sweep(path: str | Path, root: Path = CONFIG_ROOT) -> SweepSpec:
             )
         seed = _expect(path, "random.seed", random["seed"], int, "an integer")
         trials = _expect(path, "random.trials", random["trials"], int, "a positive integer")
-        if trials <= 0:
-            raise ConfigError(f"{path}: random.trials must be > 0, got {trials}")
+        if not 0 < trials <= MAX_RANDOM_TRIALS:
+            raise ConfigError(
+                f"{path}: random.trials must be in 1..{MAX_RANDOM_TRIALS}, got {trials}"
+            )
         raw = _expect(path, "random.params", random["params"], dict, "a non-empty mapping")
         if not raw:
             raise ConfigError(f"{path}: random.params must be a non-empty mapping")

@@ -99,8 +99,11 @@ def train_and_evaluate(
     initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
     writer = jax.process_index() == 0
 
-    # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py).
-    parts = setup(cfg)
+    # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py). A
+    # resumed run reads the data files it was created with, and checks they are unchanged.
+    recorded = identity.recorded_data(paths.run_dir) if resume else None
+    parts = setup(identity.pinned_data(cfg, recorded))
+    identity.check_data(paths.run_dir, recorded, parts.splits.info)
     total_steps = parts.total_steps
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric), bound

@@ -12,6 +12,7 @@ file, while ours are YAML files composed and validated by src/utils/config.py.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -116,3 +117,6 @@ def run(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_status
+    except KeyboardInterrupt:
+        print("interrupted (SIGINT)", file=sys.stderr)
+        return 128 + signal.SIGINT

@@ -64,6 +64,7 @@ POSITIVE = {
     "data.synthetic.latent_dim",
     "data.synthetic.lengthscale",
     "profile.num_steps",
+    "optimizer.eps",  # 0 divides by zero where a second moment is 0 (NaN at step 2)
 }
 NON_NEGATIVE = {
     "training.kl.beta",
@@ -71,7 +72,6 @@ NON_NEGATIVE = {
     "training.kl.warmup_steps",
     "training.kl.free_bits",
     "optimizer.weight_decay",
-    "optimizer.eps",
     "optimizer.momentum",
     "optimizer.warmup_steps",
     "optimizer.grad_clip_norm",
@@ -94,6 +94,8 @@ PROBABILITY = {
     "training.max_skipped_fraction",
     "eval.kl_mass_share",
 }
+# In [0, 1): a decay of 1 never forgets its initial 0 (Adam's bias correction divides by 0).
+BELOW_ONE = {"optimizer.b1", "optimizer.b2"}
 CHOICES = {
     "model.type": ("mlp", "conv", "transformer"),
     "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
@@ -289,6 +291,13 @@ def check_model(model: Mapping[str, Any]) -> None:
             "model.conv: channels, kernel_sizes and strides need one entry per layer, got lengths "
             + ", ".join(f"{k}={n}" for k, n in lengths.items())
         )
+    width = round(model["hidden_dim"] * model["transformer"]["mlp_ratio"])
+    if width < 1:
+        raise ConfigError(
+            f"model.transformer.mlp_ratio ({model['transformer']['mlp_ratio']}) times "
+            f"model.hidden_dim ({model['hidden_dim']}) rounds to an MLP width of {width}; "
+            "it must be at least 1"
+        )
     heads = model["transformer"]["heads"]
     if model["hidden_dim"] % heads:
         raise ConfigError(
@@ -326,6 +335,9 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     for key in sorted(PROBABILITY):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"{key} must be in [0, 1], got {_get(cfg, key)!r}")
+    for key in sorted(BELOW_ONE):
+        if not 0.0 <= _get(cfg, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)!r}")
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(allowed)}")

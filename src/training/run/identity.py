@@ -117,3 +117,58 @@ def check_config(run_dir: Path, identity: Identity) -> None:
             f"{shown}{more}; undo the edit (a resume changes training.epochs and the other "
             "resumable keys with --config.KEY=VALUE), or start a new run with the new config"
         )
+
+
+def data_digests(info: dict[str, Any]) -> dict[str, str]:
+    """The SHA-256 of each data file in a data description (provenance.json's `data`, or a
+    loaded source's info): npz `path`; IDX `dir` and `files`. Empty for generated data."""
+    if "path" in info and "sha256" in info:
+        return {str(info["path"]): str(info["sha256"])}
+    files = info.get("files")
+    if "dir" in info and isinstance(files, dict):
+        return {
+            str(Path(info["dir"]) / name): str(facts.get("sha256"))
+            for name, facts in files.items()
+            if isinstance(facts, dict)
+        }
+    return {}
+
+
+def pinned_data(cfg: Any, recorded: dict[str, Any] | None) -> Any:
+    """cfg with its data location as resolved when the run was created (provenance.json's
+    absolute `path` / `dir`), so resuming or evaluating from another directory reads the same
+    files, not others with the same relative name. cfg itself when nothing was recorded."""
+    if not recorded:
+        return cfg
+    from src.utils.config import freeze
+
+    tree = to_plain(cfg)
+    if cfg.data.name == "npz" and "path" in recorded:
+        tree["data"]["npz"]["path"] = str(recorded["path"])
+    elif "dir" in recorded and "files" in recorded:
+        tree["data"]["dir"] = str(recorded["dir"])
+    else:
+        return cfg
+    return freeze(tree)
+
+
+def check_data(run_dir: Path, recorded: dict[str, Any] | None, loaded: dict[str, Any]) -> None:
+    """Refuses data files whose SHA-256 differs from the one recorded when the run was created
+    (DataError, exit 2, naming the file)."""
+    from src.utils.errors import DataError
+
+    before = data_digests(recorded or {})
+    now = data_digests(loaded)
+    for path, digest in before.items():
+        if path in now and now[path] != digest:
+            raise DataError(
+                f"{path} differs from the data run {run_dir.name} trained on (SHA-256 "
+                f"{now[path][:12]}..., recorded {digest[:12]}...); restore that file or start a "
+                "new run"
+            )
+
+
+def recorded_data(run_dir: Path) -> dict[str, Any] | None:
+    """provenance.json's `data` (the data as resolved at creation), None if absent."""
+    found = read_provenance(run_dir / FILE_NAME).get("data")
+    return found if isinstance(found, dict) else None
