@@ -45,18 +45,27 @@ def check_run_files(paths: RunPaths) -> identity.Identity:
     notice."""
     if not paths.config.is_file():
         raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")
+    steps = [p for p in paths.last.glob("*") if p.name.isdigit()] if paths.last.is_dir() else []
+    if not steps:  # killed before its first save, maybe before its provenance.json
+        raise no_checkpoint(paths)
     ident = identity.read(paths.run_dir)
     if ident.run is None:
         identity.legacy_notice(paths.run_dir, "taken as its own")
     identity.check_config(paths.run_dir, ident)
-    steps = [p for p in paths.last.glob("*") if p.name.isdigit()] if paths.last.is_dir() else []
-    if steps and not paths.metrics.is_file():
+    if not paths.metrics.is_file():
         raise StorageError(
             f"--resume: {paths.metrics} is missing beside the checkpoints in {paths.last}; "
             "restore it from a copy of the run (resuming without it would lose the history), "
             "or start the run again with --overwrite"
         )
     return ident
+
+
+def no_checkpoint(paths: RunPaths) -> RunDirError:
+    return RunDirError(
+        f"--resume: run {paths.run_dir.name} has no checkpoint in {paths.last} to "
+        "continue from (it stopped before its first save); start it again with --overwrite"
+    )
 
 
 def resume_config(args: Any, overrides: list[str], paths: RunPaths) -> Any:
@@ -120,10 +129,7 @@ def restore_run(
     the meta of model_best (None without one). initial: a state of the run's shapes."""
     restored = ckpts.restore_last(abstract_like(initial, sharding))
     if restored is None:
-        raise RunDirError(
-            f"--resume: run {paths.run_dir.name} has no checkpoint in {paths.last} to "
-            "continue from (it stopped before its first save); start it again with --overwrite"
-        )
+        raise no_checkpoint(paths)
     state, meta = restored
     if int(state.step) > total_steps:
         raise ConfigError(
