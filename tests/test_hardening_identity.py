@@ -479,3 +479,86 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(capsys):
 
     assert run(main, []) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted (SIGINT)"]
+
+
+# --- 10, 12. Bad data files are one line naming them.
+
+
+def _load_npz(path: Path) -> Any:
+    from src.data.pipeline import load_splits
+    from src.utils.config import load_config
+    from tests.helpers import BASELINE
+
+    cfg = load_config(BASELINE, {"data": "npz"}, [f"data.npz.path={path}"])
+    return load_splits(cfg.data)
+
+
+def test_an_npz_with_a_0d_array_is_a_data_error(tmp_path):
+    import numpy as np
+
+    from src.utils.errors import DataError
+
+    np.savez(tmp_path / "a.npz", train=np.float32(1.0))
+    with pytest.raises(DataError, match=r"expected \[N, D\].*got shape \(\)"):
+        _load_npz(tmp_path / "a.npz")
+
+
+def test_a_npy_or_text_file_named_npz_is_named_for_what_it_is(tmp_path):
+    import numpy as np
+
+    from src.utils.errors import DataError
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 2, 2), np.float32))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")
+    with pytest.raises(DataError, match="a single .npy array, not an .npz archive"):
+        _load_npz(tmp_path / "a.npz")
+    (tmp_path / "t.npz").write_text("hello\n")
+    with pytest.raises(DataError, match="not a zip archive") as info:
+        _load_npz(tmp_path / "t.npz")
+    assert "pickled" not in str(info.value)
+
+
+def test_an_npz_whose_header_declares_terabytes_is_a_data_error(tmp_path):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from src.utils.errors import DataError
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 20, 1 << 10)}
+    )
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("train.npy", b"\x93NUMPY\x01\x00"[:0] + header.getvalue() + b"\0" * 64)
+    with pytest.raises(DataError, match="big.npz"):
+        _load_npz(tmp_path / "big.npz")
+
+
+def test_an_idx_header_whose_dimensions_overflow_is_a_data_error():
+    import struct
+
+    from src.data.idx import parse_idx
+    from src.utils.errors import DataError
+
+    data = b"\0\0\x08\x03" + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1) + b"\0" * 8
+    with pytest.raises(DataError, match="truncated: header declares"):
+        parse_idx(data, 3, 0x08, "x")
+
+
+def test_an_unreadable_data_file_is_a_data_error(tmp_path, monkeypatch):
+    from pathlib import Path as P
+
+    from src.data.idx import sha256_file
+    from src.utils.errors import DataError
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+
+    def denied(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(P, "open", denied)
+    with pytest.raises(DataError, match="Permission denied"):
+        sha256_file(path)
