@@ -531,7 +531,7 @@ def test_an_npz_whose_header_declares_terabytes_is_a_data_error(tmp_path):
         header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 20, 1 << 10)}
     )
     with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
-        z.writestr("train.npy", b"\x93NUMPY\x01\x00"[:0] + header.getvalue() + b"\0" * 64)
+        z.writestr("train.npy", header.getvalue() + b"\0" * 64)  # magic, header, few bytes
     with pytest.raises(DataError, match="big.npz"):
         _load_npz(tmp_path / "big.npz")
 
@@ -562,3 +562,49 @@ def test_an_unreadable_data_file_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "open", denied)
     with pytest.raises(DataError, match="Permission denied"):
         sha256_file(path)
+
+
+# --- 12. Messages that say what happened.
+
+
+def test_a_permission_denied_step_is_not_set_aside(stopped_run, monkeypatch):
+    from src.training.run import checkpoint
+
+    digests = checkpoint.file_digests
+
+    def denied(folder: Path) -> dict[str, str]:
+        if folder.name == "30":
+            raise PermissionError(13, "Permission denied", str(folder / "state"))
+        return digests(folder)
+
+    monkeypatch.setattr(checkpoint, "file_digests", denied)
+    with pytest.raises(StorageError, match="30: permission denied; fix its permissions"):
+        resume(stopped_run)
+    assert sorted(p.name for p in (stopped_run / "model_last").iterdir()) == ["20", "30"]
+
+
+def test_a_shape_mismatch_on_resume_names_the_array(stopped_run):
+    prov = read_json(stopped_run / "provenance.json")
+    prov["identity"]["config"]["model"]["latent_dim"] = 3  # config and record agree, code not
+    (stopped_run / "provenance.json").write_text(json.dumps(prov))
+    edit_yaml(stopped_run / "config.yaml", "model", "latent_dim", 3)
+    with pytest.raises(RunDirError, match=r"is float32\[4, 32\] in the checkpoint but"):
+        resume(stopped_run)
+
+
+def test_evaluate_reads_the_newer_step_when_training_rotates_one_away(stopped_run, monkeypatch):
+    from src.training.run import checkpoint
+
+    check = checkpoint.check_matches
+    rotated: list[int] = []
+
+    def rotating(manager: Any, step: int, *args: Any) -> None:
+        if not rotated:  # a training run saves step + 10 and deletes step meanwhile
+            folder = Path(manager.directory)
+            (folder / str(step)).rename(folder / str(step + 10))
+            rotated.append(step)
+        check(manager, step, *args)
+
+    monkeypatch.setattr(checkpoint, "check_matches", rotating)
+    record, _ = evaluate(stopped_run)
+    assert rotated and record["step"] == rotated[0]

@@ -37,6 +37,9 @@ from src.utils.errors import ConfigError, RunDirError, StorageError
 from src.utils.io import atomic_write_json
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
+# Times a step removed while it was read (rotated away by a training run's save) is replaced by
+# the newer one before evaluate gives up.
+ROTATION_RETRIES = 3
 SPLITS = ("train", "val", "test")
 # derive_keys(seed) is split(key(seed), 4), i.e. fold_in(key(seed), i) for i < 4 (with
 # jax_threefry_partitionable); the estimators get the next stream, so they never reuse noise.
@@ -90,14 +93,21 @@ def restore_state(
     directory = run_dir / CHECKPOINTS[name]
     if not directory.is_dir():
         raise RunDirError(f"--checkpoint={name}: no folder {directory}")
-    with checkpoint.open_manager(directory) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise RunDirError(f"--checkpoint={name}: no complete checkpoint in {directory}")
-        checkpoint.check_matches(manager, step, abstract, owner)
-        return checkpoint.restore(
-            manager, checkpoint.abstract_like(abstract, sharding), step, owner
-        )
+    for attempt in range(ROTATION_RETRIES + 1):
+        with checkpoint.open_manager(directory) as manager:
+            step = manager.latest_step()
+            if step is None:
+                raise RunDirError(f"--checkpoint={name}: no complete checkpoint in {directory}")
+            try:
+                checkpoint.check_matches(manager, step, abstract, owner)
+                return checkpoint.restore(
+                    manager, checkpoint.abstract_like(abstract, sharding), step, owner
+                )
+            except (checkpoint.CorruptStep, OSError):
+                # A training run saving meanwhile rotated the step away: read the newer one.
+                if (directory / str(step)).exists() or attempt == ROTATION_RETRIES:
+                    raise
+    raise AssertionError("unreachable")
 
 
 # --- Estimators.

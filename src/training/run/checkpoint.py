@@ -388,12 +388,25 @@ def restore_newest(
     names the folder and the newest step's error in one line.
     """
     failed: list[tuple[int, Exception]] = []
-    for step in sorted(manager.all_steps(), reverse=True):
+    steps = sorted(manager.all_steps(), reverse=True)
+    if steps:  # a state of other shapes than this code builds is not a corrupted step
+        # An unusable step is found again below, with the other reasons a step is unusable.
+        with (
+            contextlib.suppress(CorruptStep, OSError),
+            open_manager(Path(manager.directory)) as reader,
+        ):  # a reader's manager knows the items' handlers, hence their metadata
+            check_matches(reader, steps[0], abstract_state, owner)
+    for step in steps:
         try:
             restored = restore(manager, abstract_state, step, owner)
             if int(restored[0].step) != step:
                 raise ValueError(f"holds the state of step {int(restored[0].step)}")
         except Exception as e:  # any failure to read makes this step unusable
+            if _permission_denied(e):  # a fault of access, not of the step: nothing moves
+                raise StorageError(
+                    f"cannot read checkpoint {Path(manager.directory) / str(step)}: permission "
+                    "denied; fix its permissions, then --resume"
+                ) from e
             failed.append((step, e))
             continue
         for bad, error in failed:
@@ -418,6 +431,16 @@ def restore_newest(
             f"{step}: {reason}"
         )
     return None
+
+
+def _permission_denied(e: BaseException) -> bool:
+    """A PermissionError anywhere in e's cause chain (or its message, as TensorStore words it)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, PermissionError) or "Permission denied" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def latest_meta(manager: ocp.CheckpointManager, owner: Owner = UNCHECKED) -> dict[str, Any] | None:
