@@ -608,3 +608,37 @@ def test_evaluate_reads_the_newer_step_when_training_rotates_one_away(stopped_ru
     monkeypatch.setattr(checkpoint, "check_matches", rotating)
     record, _ = evaluate(stopped_run)
     assert rotated and record["step"] == rotated[0]
+
+
+def test_unreadable_record_and_config_files_are_one_line(tmp_path, monkeypatch):
+    from pathlib import Path as P
+
+    from src.utils.config import read_yaml
+    from src.utils.io import read_json as read
+
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+
+    def denied(self: Any, *args: Any, **kwargs: Any) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(P, "read_text", denied)
+    with pytest.raises(StorageError, match="cannot read .*metrics.json: Permission denied"):
+        read(tmp_path / "metrics.json")
+    with pytest.raises(ConfigError, match="cannot read .*config.yaml: Permission denied"):
+        read_yaml(tmp_path / "config.yaml")
+
+
+def test_out_of_device_memory_is_one_line_saying_what_to_lower(capsys):
+    import jax
+
+    from src.utils.cli import run
+
+    def main(argv: Any) -> int:
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 3.6TiB.\\nmore lines"
+        )
+
+    assert run(main, []) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "out of device memory" in line and "training.batch_size" in line

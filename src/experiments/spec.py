@@ -152,7 +152,7 @@ def _resolve_experiment(path: Path, value: str) -> Path:
     candidates = [Path(value)] if Path(value).is_absolute() else [Path(value), REPO_ROOT / value]
     for candidate in candidates:
         if candidate.is_file():
-            return candidate.resolve()  # trials run from the repo root
+            return candidate.resolve()  # the same file whatever directory trials run from
     raise ConfigError(f"{path}: experiment file not found: {value}")
 
 

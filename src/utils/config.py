@@ -144,6 +144,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}{yaml_error_text(e)}") from None
+    except OSError as e:  # unreadable: permissions
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -61,7 +61,10 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     """The JSON value in path; a file that is not complete JSON (cut short by a full disk or a
     crash outside our atomic writes, or edited by hand) is a StorageError (exit 4) naming it."""
-    text = path.read_text(errors="replace")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:  # unreadable: permissions, or a folder in its place
+        raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
