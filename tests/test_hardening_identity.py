@@ -642,3 +642,18 @@ def test_out_of_device_memory_is_one_line_saying_what_to_lower(capsys):
     assert run(main, []) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "out of device memory" in line and "training.batch_size" in line
+
+
+def test_a_failed_save_names_a_symlinked_newest_step(tmp_path):
+    from types import SimpleNamespace
+
+    from src.training.run.checkpoint import _storage_error
+
+    real = tmp_path / "elsewhere" / "20"
+    real.mkdir(parents=True)
+    (real / "commit_success.txt").write_text("ok")
+    (tmp_path / "model_last").mkdir()
+    (tmp_path / "model_last" / "20").symlink_to(real)
+    manager = SimpleNamespace(latest_step=lambda: None, directory=tmp_path / "model_last")
+    error = _storage_error(manager, 40, OSError(28, "No space left on device"))
+    assert "newest complete checkpoint there: step 20" in str(error)

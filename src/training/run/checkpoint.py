@@ -321,8 +321,23 @@ def _storage_reason(e: BaseException) -> str:
     return _first_line(e)
 
 
+def newest_on_disk(directory: Path) -> int | None:
+    """The highest numbered step folder (a symlink to one included) with its commit marker."""
+    try:
+        found = [
+            int(p.name)
+            for p in directory.iterdir()
+            if p.name.isdigit() and (p / "commit_success.txt").is_file()
+        ]
+    except OSError:
+        return None
+    return max(found, default=None)
+
+
 def _storage_error(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> StorageError:
     newest = manager.latest_step()
+    if newest is None:  # Orbax lists no step it cannot stat as its own (a symlinked folder)
+        newest = newest_on_disk(Path(manager.directory))
     where = f"step {step} to " if step is not None else ""
     kept = f"step {newest}" if newest is not None else "none"
     reason = _storage_reason(e)
