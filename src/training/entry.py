@@ -22,6 +22,7 @@ from src.utils.cli import (
     USER_ERROR_STATUS,
     ArgumentParser,
     interrupted_status,
+    out_of_device_memory,
     overrides_help,
     split_overrides,
 )
@@ -111,7 +112,7 @@ def parse_args(argv: Sequence[str]):
 
 def exit_status(e: BaseException) -> int:
     """The status src.utils.cli.run gives the command for e (a bug's traceback: 1)."""
-    if isinstance(e, UserError):
+    if isinstance(e, UserError) or out_of_device_memory(e):
         return USER_ERROR_STATUS
     if isinstance(e, RunError):
         return e.exit_status
