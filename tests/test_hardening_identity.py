@@ -438,15 +438,25 @@ def re_escape(text: str) -> str:
 
 @pytest.mark.parametrize("coordinator", ["", "localhost:1"])
 def test_distributed_without_what_jax_needs_is_a_config_error(coordinator):
-    from types import SimpleNamespace
+    import subprocess
+    import sys
 
-    from src.training.device.parallel import initialize_distributed
+    from tests.helpers import REPO
 
-    cfg = SimpleNamespace(
-        distributed="true", coordinator_address=coordinator, num_processes=0, process_id=-1
+    code = (
+        "from types import SimpleNamespace\n"
+        "from src.training.device.parallel import initialize_distributed\n"
+        "from src.utils.errors import ConfigError\n"
+        f"cfg = SimpleNamespace(distributed='true', coordinator_address={coordinator!r}, "
+        "num_processes=0, process_id=-1)\n"
+        "try:\n    initialize_distributed(cfg)\n"
+        "except ConfigError as e:\n    print('ConfigError:', e)\n"
     )
-    with pytest.raises(ConfigError, match="jax.distributed cannot start"):
-        initialize_distributed(cfg)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    expected = "ConfigError: parallel.distributed=true: jax.distributed cannot start"
+    assert expected in out.stdout, out.stderr
 
 
 def test_a_sweep_file_with_too_many_random_trials_is_refused(tmp_path):

@@ -147,8 +147,11 @@ def check_zip(path: Path) -> None:
         raise DataError(f"data.npz.path: cannot read {path}: {e.strerror or e}") from None
     if head.startswith(b"PK"):
         return
-    what = "a single .npy array" if head == b"\x93NUMPY" else "not a zip archive"
-    raise DataError(f"{path}: {what}, not an .npz archive of named arrays (np.savez writes one)")
+    what = "a single .npy array, not an .npz archive"
+    what = what if head == b"\x93NUMPY" else "not a zip archive"
+    raise DataError(
+        f"{path}: cannot read as .npz ({what}; np.savez writes a zip of named .npy arrays)"
+    )
 
 
 def load_npz(cfg: Any) -> Dataset:
