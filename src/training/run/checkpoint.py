@@ -40,6 +40,8 @@ from src.utils.errors import RunDirError, StorageError
 from src.utils.io import atomic_write_json, read_json
 
 CHECKSUMS = "checksums.json"
+# How much of an error's first line a one-line message quotes.
+FIRST_LINE_CHARS = 120
 # The run identity a step was saved by, in its checksums.json and its meta item.
 RUN_KEY = "run"
 
@@ -272,10 +274,10 @@ def _quiet_reads() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def _first_line(e: BaseException, limit: int = 120) -> str:
+def _first_line(e: BaseException) -> str:
     """e's type and the start of its first line (TensorStore errors run to a page)."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    text = text if len(text) <= limit else text[:limit] + "..."
+    text = text if len(text) <= FIRST_LINE_CHARS else text[:FIRST_LINE_CHARS] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
