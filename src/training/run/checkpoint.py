@@ -104,7 +104,8 @@ def quiet_storage_logs() -> None:
 def dropping_closed_loop_errors() -> Iterator[None]:
     """For its duration, an unraisablehook that drops the 'Event loop is closed' errors of
     TensorStore's callbacks (bare tracebacks, dozens per failed save) after Orbax closed the
-    event loop of a failed write; the previous hook comes back at the end."""
+    event loop of a failed write; the previous hook comes back at the end (collect the failed
+    save's garbage before)."""
     previous = sys.unraisablehook
 
     def unraisablehook(unraisable: Any) -> None:
@@ -117,7 +118,6 @@ def dropping_closed_loop_errors() -> Iterator[None]:
     try:
         yield
     finally:
-        gc.collect()  # the failed save's callbacks go now, while the hook drops their errors
         sys.unraisablehook = previous
 
 
@@ -133,6 +133,7 @@ class Folder:
         self.manager = make_manager(directory, max_to_keep)
         self.run = run
         self.unsummed: int | None = None  # a step saved but without checksums.json yet
+        self.failed = False  # a save failed (its callbacks' errors are collected at close)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts an asynchronous save (it waits for the previous one); call wait() before exiting.
@@ -161,6 +162,7 @@ class Folder:
         except Exception as e:
             if not is_storage_failure(e):
                 raise
+            self.failed = True
             raise _storage_error(self.manager, step, e) from e
         self.unsummed = step
 
@@ -173,6 +175,7 @@ class Folder:
         except Exception as e:
             if not is_storage_failure(e):
                 raise
+            self.failed = True
             raise _storage_error(self.manager, None, e) from e
         if step is not None and jax.process_index() == 0:
             folder = Path(self.manager.directory) / str(step)
@@ -663,10 +666,13 @@ class Checkpoints:
 
     def close(self) -> None:
         """Closes both folders (waiting for their saves) and restores the unraisablehook."""
+        failed = any(folder.failed for folder in self._open)
         try:
             while self._open:
                 self._open.pop().close()
         finally:
+            if failed:
+                gc.collect()  # a failed save's callbacks go now, while the hook drops their errors
             if self._hook is not None:
                 self._hook.__exit__(None, None, None)
                 self._hook = None
