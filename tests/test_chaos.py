@@ -1,8 +1,9 @@
 """Chaos test (slow; run before each release, see CONTRIBUTING.md): kills training at random
 moments (SIGKILL at any time, SIGKILL while a checkpoint is being written, SIGTERM), corrupts or
-truncates checkpoint files and metrics.json at random, and resumes after each blow. Every resume
-either refuses cleanly (exit 4, one line, nothing moved; the damage is then undone as an
-operator would) or continues; at the end, history, best record, final state and TensorBoard
+truncates checkpoint files and metrics.json at random, or attacks the run's own files (a
+hand-edited config.yaml, a deleted metrics.json, a broken provenance.json, a step copied from
+another run: issue 29), and resumes after each blow. Every resume either refuses cleanly (exit 2
+or 4, one line, nothing moved; the damage is then undone as an operator would) or continues; at the end, history, best record, final state and TensorBoard
 equal those of an uninterrupted run, bit for bit.
 
     pytest -m slow tests/test_chaos.py                      # seed 0, 8 blows
@@ -83,10 +84,14 @@ def blow(proc: subprocess.Popen, run_dir: Path, rng: random.Random) -> str:
     return how
 
 
-def damage(run_dir: Path, rng: random.Random) -> dict[Path, bytes]:
-    """Corrupts or truncates a file at random (or nothing); returns the originals to undo it."""
+def damage(run_dir: Path, rng: random.Random, other: Path) -> dict[Path, bytes]:
+    """Corrupts or truncates a file at random, edits or removes a record file, or copies in a
+    step of another run (`other`), or nothing; returns the originals to undo it (a foreign
+    step needs no undo: the resume sets it aside)."""
     newest = steps(run_dir / "model_last")
     r = rng.random()
+    if r >= 0.7:
+        return attack(run_dir, rng, other, newest)
     if r < 0.35 and newest:
         folder = run_dir / "model_last" / str(newest[-1])
         files = sorted(p for p in (folder / "state").rglob("*") if p.is_file())
@@ -114,11 +119,40 @@ def damage(run_dir: Path, rng: random.Random) -> dict[Path, bytes]:
     return {}
 
 
+RECORD_FILES = ("config.yaml", "metrics.json", "provenance.json")
+
+
+def attack(run_dir: Path, rng: random.Random, other: Path, newest: list[int]) -> dict[Path, bytes]:
+    """The attacks of issue 29 on a run's own files: a hand-edited config.yaml (exit 2), a
+    deleted metrics.json or a provenance.json that is not an object (exit 4), a step copied
+    from another run (set aside by the resume)."""
+    kind = rng.choice(["edit config", "delete metrics", "break provenance", "foreign step"])
+    config, metrics, prov = (run_dir / n for n in RECORD_FILES)
+    if kind == "edit config" and config.is_file():
+        data = config.read_bytes()
+        config.write_bytes(data.replace(b"beta: 1.0", b"beta: 0.5"))
+        return {config: data} if config.read_bytes() != data else {}
+    if kind == "delete metrics" and metrics.is_file() and newest:
+        data = metrics.read_bytes()
+        metrics.unlink()
+        return {metrics: data}
+    if kind == "break provenance" and prov.is_file():
+        data = prov.read_bytes()
+        prov.write_text("[]")
+        return {prov: data}
+    theirs = steps(other / "model_last")
+    if kind == "foreign step" and newest and theirs:
+        shutil.copytree(
+            other / "model_last" / str(theirs[-1]), run_dir / "model_last" / str(newest[-1] + 1)
+        )
+    return {}
+
+
 def restore(undo: dict[Path, bytes]) -> None:
     """Writes the damaged files back (those still there: a resume may have set a damaged step
-    aside, or a later save rotated it out)."""
+    aside, or a later save rotated it out; a deleted record file comes back)."""
     for path, data in undo.items():
-        if path.is_file():
+        if path.is_file() or path.name in RECORD_FILES:
             path.write_bytes(data)
 
 
@@ -144,26 +178,28 @@ def test_random_kills_and_damage_never_change_the_result(tmp_path):
         if proc.returncode == 0:
             events.append("completed")
             break
-        if proc.returncode == 4:  # refused: one line, and nothing moved
+        if proc.returncode in (2, 4) and undo and "has no checkpoint" not in err:
+            # refused: one line, and nothing moved
             lines = err.strip().splitlines()
             assert undo and len(lines) == 1 and lines[0].startswith("error: "), err
             events.append("refused")
             before = listing(run_dir)
             restore(undo)  # as an operator would
-            assert listing(run_dir) == before
+            back = {str(p.relative_to(run_dir)) for p in undo if p.name in RECORD_FILES}
+            assert set(listing(run_dir)) - back == set(before) - back, err
             undo = {}
             continue
         if resume and proc.returncode == 2 and "has no checkpoint" in err:
             pytest.fail(err)
         assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), err
         events.append(how)
-        damaged = damage(run_dir, rng)
+        damaged = damage(run_dir, rng, reference)
         for path, data in damaged.items():  # the first original of each file, to undo it
             undo.setdefault(path, data)
             events.append(f"damaged {path.relative_to(run_dir)}")
     while "completed" not in events:  # the end, without blows; damage may still refuse once
         proc, log = launch(workdir, resume=bool(steps(run_dir / "model_last")))
-        if proc.wait(timeout=600) == 4 and undo:
+        if proc.wait(timeout=600) in (2, 4) and undo:
             restore(undo)
             undo = {}
             events.append("refused")

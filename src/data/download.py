@@ -15,6 +15,7 @@ from typing import IO
 
 from src.data.idx import read_idx, sha256_file
 from src.utils.errors import DataError
+from src.utils.io import current_umask
 
 CHUNK = 1 << 16
 
@@ -78,6 +79,7 @@ def download_files(
         url = f"{mirror.rstrip('/')}/{name}"
         # The temporary name keeps the real one as its suffix, so read_idx sees the .gz.
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".part-", suffix=f"-{name}")
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide it from others
         os.close(fd)
         tmp = Path(tmp_name)
         try:

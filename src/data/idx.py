@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -23,10 +24,14 @@ UBYTE = 0x08
 
 
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256; an unreadable file (permissions) is a DataError naming it."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     return digest.hexdigest()
 
 
@@ -60,7 +65,7 @@ def parse_idx(data: bytes, ndim: int, type_code: int, source: str) -> np.ndarray
         raise DataError(f"{source}: truncated header ({len(data)} of {header} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(IDX_TYPES[type_code])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow however large
     payload = len(data) - header
     shape = "x".join(map(str, dims))
     if payload < expected:
@@ -73,7 +78,7 @@ def parse_idx(data: bytes, ndim: int, type_code: int, source: str) -> np.ndarray
             f"{source}: {payload - expected} unexpected bytes after the {shape} array the header "
             "declares"
         )
-    return np.frombuffer(data, dtype, count=int(np.prod(dims)), offset=header).reshape(dims)
+    return np.frombuffer(data, dtype, count=math.prod(dims), offset=header).reshape(dims)
 
 
 def read_idx(path: Path, ndim: int, type_code: int = UBYTE) -> np.ndarray:

@@ -135,6 +135,10 @@ def check_array(x: np.ndarray, source: str, low: float, high: float) -> np.ndarr
     """Validates a numeric array (finite, non-empty, inside [low, high]) and rescales it to [0, 1]."""
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
         raise DataError(f"{source}: expected real numbers, got dtype {x.dtype}")
+    if x.ndim < 2:  # a 0-d scalar or a 1-d vector holds no examples of images
+        raise DataError(
+            f"{source}: expected [N, D], [N, H, W] or [N, H, W, C], got shape {x.shape}"
+        )
     if len(x) == 0:
         raise DataError(f"{source}: the array is empty")
     x = np.asarray(x, np.float32)
@@ -150,6 +154,23 @@ def check_array(x: np.ndarray, source: str, low: float, high: float) -> np.ndarr
     return as_images((x - low) / (high - low), source)
 
 
+def check_zip(path: Path) -> None:
+    """An .npz file is a zip archive of .npy arrays: anything else (a .npy or a text file
+    renamed) is named for what it is, before numpy reads it."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"data.npz.path: cannot read {path}: {e.strerror or e}") from None
+    if head.startswith(b"PK"):
+        return
+    what = "a single .npy array, not an .npz archive"
+    what = what if head == b"\x93NUMPY" else "not a zip archive"
+    raise DataError(
+        f"{path}: cannot read as .npz ({what}; np.savez writes a zip of named .npy arrays)"
+    )
+
+
 def load_npz(cfg: Any) -> Dataset:
     """Arrays from one .npz file: train_key, and optional val_key / test_key (else held out)."""
     ncfg = cfg.npz
@@ -161,6 +182,7 @@ def load_npz(cfg: Any) -> Dataset:
     keys = {"train": ncfg.train_key, "val": ncfg.val_key, "test": ncfg.test_key}
     low, high = ncfg.value_range
     arrays: dict[str, np.ndarray | None] = {}
+    check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             for split, key in keys.items():
@@ -173,6 +195,8 @@ def load_npz(cfg: Any) -> Dataset:
                         f"arrays in the file: {', '.join(archive.files) or 'none'}"
                     )
                 arrays[split] = check_array(archive[key], f"{path}[{key}]", low, high)
+    except MemoryError as e:  # a header declaring more than the host holds
+        raise DataError(f"{path}: an array is too large for this host's memory ({e})") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read as .npz ({e})") from None
     train = arrays["train"]

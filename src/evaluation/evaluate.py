@@ -27,17 +27,21 @@ from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
 from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
 from src.training.keys import batch_key, estimator_keys
-from src.training.run import checkpoint
+from src.training.run import checkpoint, identity
 from src.training.run.console import duration
+from src.training.run.recorder import read_record
 from src.training.setup import abstract_train_state
 from src.training.state import TrainState, eval_params
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError
-from src.utils.io import atomic_write_json, read_json
+from src.utils.io import atomic_write_json
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
+# Times a step removed while it was read (rotated away by a training run's save) is replaced by
+# the newer one before evaluate gives up.
+ROTATION_RETRIES = 3
 SPLITS = ("train", "val", "test")
 # --- Run config.
 
@@ -61,7 +65,11 @@ def load_run_config(run_dir: Path, overrides: Sequence[str]) -> Any:
 
 
 def restore_state(
-    run_dir: Path, name: str, abstract: TrainState, sharding: jax.sharding.Sharding
+    run_dir: Path,
+    name: str,
+    abstract: TrainState,
+    sharding: jax.sharding.Sharding,
+    owner: checkpoint.Owner = checkpoint.UNCHECKED,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restores the latest step of model_best/model_last onto abstract with sharding.
 
@@ -71,12 +79,21 @@ def restore_state(
     directory = run_dir / CHECKPOINTS[name]
     if not directory.is_dir():
         raise RunDirError(f"--checkpoint={name}: no folder {directory}")
-    with checkpoint.open_manager(directory) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise RunDirError(f"--checkpoint={name}: no complete checkpoint in {directory}")
-        checkpoint.check_matches(manager, step, abstract)
-        return checkpoint.restore(manager, checkpoint.abstract_like(abstract, sharding), step)
+    for attempt in range(ROTATION_RETRIES + 1):
+        with checkpoint.open_manager(directory) as manager:
+            step = manager.latest_step()
+            if step is None:
+                raise RunDirError(f"--checkpoint={name}: no complete checkpoint in {directory}")
+            try:
+                checkpoint.check_matches(manager, step, abstract, owner)
+                return checkpoint.restore(
+                    manager, checkpoint.abstract_like(abstract, sharding), step, owner
+                )
+            except (checkpoint.CorruptStep, OSError):
+                # A training run saving meanwhile rotated the step away: read the newer one.
+                if (directory / str(step)).exists() or attempt == ROTATION_RETRIES:
+                    raise
+    raise AssertionError("unreachable")
 
 
 # --- Estimators.
@@ -295,6 +312,18 @@ def draw_figures(
 # --- Record.
 
 
+def training_history(path: Path) -> list[dict[str, Any]] | None:
+    """metrics.json's history for the curves figure; None (with a warning line) when it is
+    missing or not a run record: the evaluation does not depend on it."""
+    if not path.is_file():
+        return None
+    try:
+        return list(read_record(path)["history"])
+    except StorageError as e:
+        print(f"warning: no curves figure: {e}", file=sys.stderr)
+        return None
+
+
 def evaluate_run(
     run_dir: Path, checkpoint_name: str, split: str, overrides: Sequence[str]
 ) -> tuple[dict[str, Any], list[Path]]:
@@ -303,15 +332,23 @@ def evaluate_run(
     tic = time.perf_counter()
     cfg = load_run_config(run_dir, overrides)
     run_dir = run_dir.resolve()  # its name is the run id, its grandparent the workdir
+    ident = identity.read(run_dir)
+    if ident.run is None:
+        identity.legacy_notice(run_dir, "evaluated")
     keys = estimator_keys(cfg.training.seed)
-    splits = load_splits(cfg.data)
+    recorded = identity.recorded_data(run_dir)
+    splits = load_splits(identity.pinned_data(cfg, recorded).data)
+    identity.check_data(run_dir, recorded, splits.info)
     x = getattr(splits, split)
     _, total_steps = planned_steps(cfg.training, len(splits.train))
     graphdef, abstract = abstract_train_state(cfg, splits.train.shape[1:], total_steps)
     # Every local device: the parameters replicated, each batch split over the devices.
     mesh = make_mesh(jax.local_devices())
     check_eval_batch(cfg.eval.batch_size, mesh)
-    state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh))
+    owner = checkpoint.Owner(ident.run, ident.legacy)
+    state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh), owner)
+    # After the structure check, which names the array a model edit changes.
+    identity.check_config(run_dir, ident)
 
     params = eval_params(state, cfg.eval.use_ema)
     metrics, post = compute_metrics(cfg, graphdef, params, x, keys, mesh)
@@ -322,6 +359,7 @@ def evaluate_run(
         )
     record = {
         "run_id": run_dir.name,
+        "run": ident.run,  # the run identity read (None: a legacy run)
         "checkpoint": checkpoint_name,
         "step": int(state.step),
         "split": split,
@@ -334,12 +372,16 @@ def evaluate_run(
     record["seconds"] = time.perf_counter() - tic
 
     written = [run_dir / "eval" / f"{checkpoint_name}_{split}.json"]
+    if identity.read(run_dir).run != ident.run:  # replaced (--overwrite) while evaluating
+        raise RunDirError(
+            f"run {run_dir.name} was replaced while it was being evaluated (its provenance.json now "
+            f"names another run than {ident.run}); nothing written; evaluate it again"
+        )
+    history = training_history(run_dir / "metrics.json") if arrays is not None else None
     try:
         atomic_write_json(written[0], record)
         if arrays is not None:
             folder = run_dir.parent.parent / "figures" / run_dir.name
-            metrics_path = run_dir / "metrics.json"
-            history = read_json(metrics_path)["history"] if metrics_path.is_file() else None
             written += draw_figures(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
     except OSError as e:  # read-only or full disk: one line, exit status 4
         raise StorageError(f"cannot write the evaluation of {run_dir}: {e}") from e

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from src.utils.errors import RunDirError
+from src.training.run import identity
+from src.utils.errors import RunDirError, StorageError
 
 RUN_DIR_ENV = "LATENT_VAE_RUN_DIR"
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "analysis.ipynb"
@@ -70,13 +71,25 @@ def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def stale_evals(run_dir: Path, evals: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """One warning per eval record that is not of its checkpoint's current step (after a resume,
+    """One warning per eval record that is not of this run (its run identity differs from
+    provenance.json's: the run was replaced) or not of its checkpoint's current step (after a resume,
     model_best or model_last moved on): its numbers are not those of what the notebook restores."""
     warnings = []
+    try:
+        run = identity.read(run_dir).run
+    except StorageError:  # no readable provenance.json: only the steps can be compared
+        run = None
     for name, record in evals.items():
         checkpoint = record.get("checkpoint", name.split("_")[0])
         step = checkpoint_step(run_dir, checkpoint)
-        if step is not None and record.get("step") != step:
+        if run is not None and record.get("run") != run:
+            warnings.append(
+                f"warning: eval/{name}.json was not written for this run (its identity "
+                f"{record.get('run')}, the run's {run}: replaced by --overwrite since?); re-run "
+                f"python scripts/evaluate.py --run_dir={run_dir} --checkpoint={checkpoint} "
+                f"--split={record.get('split')}"
+            )
+        elif step is not None and record.get("step") != step:
             warnings.append(
                 f"warning: eval/{name}.json is of step {record.get('step')} but model_{checkpoint} "
                 f"is now at step {step} (resumed since?); re-run python scripts/evaluate.py "

@@ -225,14 +225,14 @@ def checkpoint_seconds(state: Any, repeats: int) -> dict[str, float]:
     """Median time of a model_last save: blocking (what the loop waits) and until on disk."""
     blocking, total = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        manager = checkpoint.make_manager(Path(tmp) / "model_last", 1)
+        folder = checkpoint.Folder(Path(tmp) / "model_last", 1)
         for step in range(1, repeats + 1):
             tic = time.perf_counter()
-            checkpoint.save(manager, step, state, {"step": step})
+            folder.save(step, state, {"step": step})
             blocking.append(time.perf_counter() - tic)
-            checkpoint.wait(manager)
+            folder.wait()
             total.append(time.perf_counter() - tic)
-        manager.close()
+        folder.close()
     return {
         "checkpoint_save_blocking_s": statistics.median(blocking),
         "checkpoint_save_total_s": statistics.median(total),

@@ -111,9 +111,10 @@ def trial_action(run_dir: Path) -> str:
 def _status(metrics: Path) -> str | None:
     """The status in metrics.json; None when it does not read (train.py then says why)."""
     try:
-        return read_json(metrics).get("status")
-    except StorageError:
+        record = read_json(metrics)
+    except (StorageError, OSError):
         return None
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def expected_hash(spec: SweepSpec, trial: Trial) -> str | None:
@@ -190,7 +191,8 @@ def sweep_lock(folder: Path) -> Iterator[None]:
 def skipped_outcome(spec: SweepSpec, trial: Trial, run_dir: Path) -> Outcome:
     """A completed trial, not run again: `completed`, or `stale` if the sweep now gives it
     another config than the one it completed with."""
-    recorded = read_json(run_dir / "metrics.json").get("config_hash")
+    record = read_json(run_dir / "metrics.json")
+    recorded = record.get("config_hash") if isinstance(record, dict) else None
     expected = expected_hash(spec, trial)
     if expected is not None and recorded != expected:
         return Outcome(
@@ -254,7 +256,8 @@ def run_trial(
             cmd,
             stdout=f,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            # The sweep's own directory: relative data paths resolve as train.py's would there.
+            cwd=Path.cwd(),
             env={**os.environ, "SWEEP_NAME": spec.name, **env},
             start_new_session=True,  # signals reach it once, passed on by the sweep
         )

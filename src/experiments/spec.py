@@ -47,6 +47,8 @@ SWEEP_KEYS = (
 )
 COMBINE = ("product", "zip")
 RANDOM_KEYS = ("seed", "trials", "params")
+# More random trials than any sweep runs: a typo (1e8) is refused before they are drawn.
+MAX_RANDOM_TRIALS = 10_000
 # Summary columns a sweep may plot; summary.RESULT_COLUMNS is built from these.
 METRICS = (
     "best_value",
@@ -162,7 +164,7 @@ def _resolve_experiment(path: Path, value: str) -> Path:
     candidates = [Path(value)] if Path(value).is_absolute() else [Path(value), REPO_ROOT / value]
     for candidate in candidates:
         if candidate.is_file():
-            return candidate.resolve()  # trials run from the repo root
+            return candidate.resolve()  # the same file whatever directory trials run from
     raise ConfigError(f"{path}: experiment file not found: {value}")
 
 
@@ -183,7 +185,10 @@ def load_sweep(path: str | Path, root: Path = CONFIG_ROOT) -> SweepSpec:
 
     name = _expect(path, "name", data.get("name", path.stem), str, "a string")
     if not RUN_ID.match(name) or set(name) == {"."}:
-        raise ConfigError(f"{path}: name {name!r}: use only letters, digits, '-', '_' and '.'")
+        raise ConfigError(
+            f"{path}: name {name!r}: use only letters, digits, '-', '_' and '.', not beginning "
+            "with '.'"
+        )
     if "experiment" not in data:
         raise ConfigError(
             f"{path}: 'experiment' is required, e.g. configs/experiment/baseline.yaml"
@@ -220,8 +225,10 @@ def load_sweep(path: str | Path, root: Path = CONFIG_ROOT) -> SweepSpec:
             )
         seed = _expect(path, "random.seed", random["seed"], int, "an integer")
         trials = _expect(path, "random.trials", random["trials"], int, "a positive integer")
-        if trials <= 0:
-            raise ConfigError(f"{path}: random.trials must be > 0, got {trials}")
+        if not 0 < trials <= MAX_RANDOM_TRIALS:
+            raise ConfigError(
+                f"{path}: random.trials must be in 1..{MAX_RANDOM_TRIALS}, got {trials}"
+            )
         raw = _expect(path, "random.params", random["params"], dict, "a non-empty mapping")
         if not raw:
             raise ConfigError(f"{path}: random.params must be a non-empty mapping")

@@ -20,6 +20,7 @@ from src.experiments.runner import Outcome
 from src.experiments.spec import METRICS, SEED_KEY, SweepSpec, Trial, format_value
 from src.training.run.run_index import FILE_NAME, read_rows
 from src.training.run.rundir import run_paths
+from src.utils.errors import StorageError
 from src.utils.io import atomic_write_text, read_json
 
 # The plottable metrics (spec.METRICS, best_value first) with the best record's name and step.
@@ -46,7 +47,7 @@ def trial_row(
     index_rows: Sequence[Mapping[str, str]],
 ) -> dict[str, Any]:
     metrics_path = run_paths(workdir, trial.run_id).metrics
-    record = read_json(metrics_path) if metrics_path.is_file() else {}
+    record = _record(metrics_path)
     best = record.get("best") or {}
     val = record.get("final", {}).get("val", {})
     train = record.get("final", {}).get("train", {})
@@ -195,3 +196,13 @@ def plot(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], path: Path) -> bool
 def write_summary(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], folder: Path) -> None:
     atomic_write_text(folder / "summary.csv", to_csv(rows))
     atomic_write_text(folder / "summary.md", to_markdown(spec, rows))
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """A trial's metrics.json, or {} when it is missing, unreadable or not an object (the
+    trial's row then shows no metrics; the sweep goes on)."""
+    try:
+        record = read_json(path) if path.is_file() else {}
+    except (StorageError, OSError):
+        return {}
+    return record if isinstance(record, dict) else {}

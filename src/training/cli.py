@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from src.training.resume import check_run_files, completed_message, resume_config
 from src.training.run.rundir import (
     Replacement,
     RunPaths,
@@ -21,37 +22,14 @@ from src.utils.cli import (
     USER_ERROR_STATUS,
     ArgumentParser,
     interrupted_status,
+    out_of_device_memory,
     overrides_help,
     split_overrides,
 )
-from src.utils.config import (
-    CONFIG_ROOT,
-    changed_keys,
-    load_config,
-    load_saved_config,
-    read_yaml,
-)
+from src.utils.config import CONFIG_ROOT, load_config, load_saved_config, read_yaml
 from src.utils.errors import ConfigError, RunDirError, RunError, UserError
-from src.utils.io import guarded_console, read_json
+from src.utils.io import guarded_console
 from src.utils.reproducibility import configure_determinism
-
-# Keys that may differ when resuming: they change how long the run is, where it runs (the
-# checkpoint does not depend on the device count) or how fast, not what it computes.
-RESUMABLE_OVERRIDES = {
-    "training.epochs",
-    "training.steps_per_call",
-    "compile.cache_dir",
-    "compile.min_compile_secs",
-    "parallel.backend",
-    "parallel.num_devices",
-    "parallel.distributed",
-    "parallel.coordinator_address",
-    "parallel.num_processes",
-    "parallel.process_id",
-    "profile.enabled",
-    "profile.start_step",
-    "profile.num_steps",
-}
 
 
 def _group_names(group: str) -> str:
@@ -132,63 +110,9 @@ def parse_args(argv: Sequence[str]):
     return args, overrides
 
 
-def resume_config(args: Any, overrides: list[str], paths: RunPaths) -> Any:
-    """The config a resumed run continues with: its config.yaml, planned length possibly changed.
-
-    --config/--model/--data and --config.* overrides may be repeated from the original command;
-    anything they change other than RESUMABLE_OVERRIDES is refused. A new training.epochs is
-    refused with a warmup_cosine schedule, whose decay horizon is the planned length: the steps
-    already taken would belong to a different schedule than the one the record would claim.
-    """
-    saved = load_saved_config(paths.config)
-    if args.config:
-        requested = load_config(args.config, {"model": args.model, "data": args.data}, overrides)
-    else:
-        requested = load_saved_config(paths.config, overrides)
-    changed = changed_keys(saved, requested)
-    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_OVERRIDES}
-    if refused:
-        shown = ", ".join(f"{k} (saved {a!r}, asked {b!r})" for k, (a, b) in refused.items())
-        raise ConfigError(
-            f"--resume: {shown} differ from {paths.config}; a resumed run keeps its saved config "
-            f"and only {', '.join(sorted(RESUMABLE_OVERRIDES))} may change (drop --config to use "
-            "the saved one)"
-        )
-    if "training.epochs" in changed and saved.optimizer.schedule != "constant":
-        raise ConfigError(
-            f"--resume: training.epochs cannot change with optimizer.schedule="
-            f"{saved.optimizer.schedule}, whose decay horizon is the planned length; resume with "
-            f"training.epochs={saved.training.epochs} or start a new run"
-        )
-    return requested
-
-
-def completed_message(paths: RunPaths, cfg: Any) -> str | None:
-    """The line --resume prints for a run that has completed and is not asked to go on.
-
-    A completed run is resumed only to train longer (a raised training.epochs); otherwise its
-    record is left alone: no runs.csv rows, no new TensorBoard events, metrics.json as it is.
-    """
-    if not paths.metrics.is_file():
-        return None
-    record = read_json(paths.metrics)
-    epochs = load_saved_config(paths.config).training.epochs
-    if record.get("status") != "completed" or cfg.training.epochs != epochs:
-        return None
-    best = record.get("best")
-    shown = (
-        f"best val {best['metric']}={best['value']:.4f} at step {best['step']}; " if best else ""
-    )
-    return (
-        f"run {paths.run_dir.name}: already completed ({record.get('total_steps')} steps, "
-        f"{epochs} epochs); {shown}nothing to resume, record unchanged in {paths.run_dir} "
-        f"(to train longer: --resume --config.training.epochs=N with N > {epochs})"
-    )
-
-
 def exit_status(e: BaseException) -> int:
     """The status src.utils.cli.run gives the command for e (a bug's traceback: 1)."""
-    if isinstance(e, UserError):
+    if isinstance(e, UserError) or out_of_device_memory(e):
         return USER_ERROR_STATUS
     if isinstance(e, RunError):
         return e.exit_status
@@ -253,8 +177,7 @@ def _main(argv: Sequence[str]) -> int:
     cfg, paths, writer = locate_run(args, overrides)
     if args.dry_run:  # nothing is locked, prepared or written
         if args.resume:
-            if not paths.config.is_file():
-                raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")
+            check_run_files(paths)
             cfg = resume_config(args, overrides, paths)
         configure_determinism(cfg.compile.deterministic_gpu)  # the program a run compiles
         from src.training.dry_run import dry_run
@@ -268,10 +191,13 @@ def _main(argv: Sequence[str]) -> int:
     try:
         if writer:
             replacement = prepare(paths, resume=args.resume, overwrite=args.overwrite)
+            assert lock is not None
+            lock.lock_folder()  # the new folder an --overwrite made
         elif args.resume and not paths.config.is_file():
             raise RunDirError(f"--resume: no run to resume at {paths.run_dir} (no config.yaml)")
         try:
             if args.resume:
+                check_run_files(paths)
                 cfg = resume_config(args, overrides, paths)
                 done = completed_message(paths, cfg)
                 if done is not None:

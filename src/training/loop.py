@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from src.training import interval as accum
 from src.training.device.parallel import (
@@ -27,7 +26,8 @@ from src.training.device.parallel import (
 from src.training.device.processes import initialize_distributed, is_writer
 from src.training.kl import kl_weight_from_config
 from src.training.multistep import make_multi_step, steps_until_boundary
-from src.training.run import checkpoint, provenance, run_index
+from src.training.resume import restore_run
+from src.training.run import checkpoint, identity, provenance, run_index
 from src.training.run.console import Console, start_console
 from src.training.run.profiling import StepProfiler
 from src.training.run.recorder import Recorder, is_better
@@ -38,8 +38,7 @@ from src.training.state import TrainState, eval_params, param_bytes, param_count
 from src.training.step import Objective
 from src.training.validation import evaluate_split
 from src.utils.config import config_hash, save_config
-from src.utils.errors import ConfigError, RunDirError
-from src.utils.io import atomic_write_json, read_json
+from src.utils.io import atomic_write_json
 
 
 class TrainRecord(NamedTuple):
@@ -61,12 +60,6 @@ class Progress:
     best: float | None  # best validation value so far
     tic: float = 0.0  # perf_counter() when the open interval's timer (re)started
     last: dict[str, jax.Array] | None = None  # loss and grad_norm of the latest step
-    # The best state validated since the last save, held on the device until the next
-    # model_last save writes it: one model_best save per checkpoint interval at most.
-    pending_best: tuple[int, Any, dict[str, Any]] | None = None
-    # A model_best save not yet known to be on disk (saves are asynchronous): the record claims
-    # it only once it is, so it never names a best checkpoint that a full disk lost.
-    unconfirmed_best: tuple[int, float] | None = None
     # A divergence without a non-finite step (nan_policy skip: too many skipped steps; a
     # non-finite validation): the failure, which ends the loop at the next boundary.
     diverged: dict[str, Any] | None = None
@@ -87,8 +80,7 @@ class Run:
     parts: Setup
     recorder: Recorder
     console: Console
-    last_manager: ocp.CheckpointManager
-    best_manager: ocp.CheckpointManager
+    checkpoints: checkpoint.Checkpoints
 
     def canonical(self, state: Any) -> TrainState:
         """state in the canonical layout (replicated over the mesh): saved and validated."""
@@ -100,28 +92,67 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains cfg's model, validating and checkpointing as configured; returns metrics.json.
 
-    on_start is called once every check has passed, just before the first step (cli.py
-    deletes the run an --overwrite replaces there).
+    on_start is called once every check has passed and every file the run writes before its
+    first step has been written once, just before the first step (cli.py deletes the run an
+    --overwrite replaces there).
     """
-    tcfg = cfg.training
     initialize_distributed(cfg.parallel)  # multi-host: before anything touches the devices
     writer = is_writer()  # process 0 writes the run's files
 
-    # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py).
-    parts = setup(cfg)
+    # --- Set-up: keys, data, devices, model and optimizer, steps (src/training/setup.py). A
+    # resumed run reads the data files it was created with, and checks they are unchanged.
+    recorded = identity.recorded_data(paths.run_dir) if resume else None
+    parts = setup(identity.pinned_data(cfg, recorded))
+    identity.check_data(paths.run_dir, recorded, parts.splits.info)
     total_steps = parts.total_steps
 
-    # --- Checkpoints: model_last (latest steps) and model_best (best validation metric).
-    last_manager = checkpoint.make_manager(paths.last, cfg.checkpoint.keep_last)
-    best_manager = checkpoint.make_manager(paths.best, 1)
-    state, interval, best_meta = parts.state, accum.EMPTY, None
-    if resume:
-        state, interval, best_meta = restore_run(cfg, paths, parts, last_manager, best_manager)
+    # --- Checkpoints: model_last (latest steps) and model_best (best validation metric), bound
+    # to the run's identity (provenance.json).
+    ident = run_identity(cfg, paths, resume, writer)
+    owner = checkpoint.Owner(ident.run, ident.legacy)
+    with checkpoint.Checkpoints(
+        paths.last, paths.best, cfg.checkpoint.keep_last, cfg.checkpoint.best_metric, owner
+    ) as ckpts:
+        state, interval, best_meta = parts.state, accum.EMPTY, None
+        if resume:
+            state, interval, best_meta = restore_run(
+                cfg, paths, parts.state, total_steps, replicated(parts.mesh), ckpts
+            )
 
-    # --- Run record (written only once the checkpoints are known to be usable).
-    recorder, console, best = open_record(cfg, paths, parts, state, best_meta, resume, writer)
-    run = Run(cfg, parts, recorder, console, last_manager, best_manager)
+        # --- Run record (written only once the checkpoints are known to be usable).
+        recorder, console, best = open_record(
+            cfg, paths, parts, state, best_meta, resume, writer, ident
+        )
+        run = Run(cfg, parts, recorder, console, ckpts)
+        try:
+            return run_loop(run, paths, state, interval, best, on_start, writer)
+        finally:
+            recorder.close_tensorboard()
 
+
+def run_identity(cfg: Any, paths: RunPaths, resume: bool, writer: bool) -> identity.Identity:
+    """The run's identity (written to provenance.json by open_record): new with a new run, read
+    on resume (a legacy run adopts one). Processes other than the writer check nothing."""
+    if not writer:
+        return identity.read(paths.run_dir) if resume else identity.Identity(None)
+    if not resume:
+        return identity.new(cfg)
+    ident = identity.read(paths.run_dir)
+    return identity.adopt(cfg) if ident.run is None else ident
+
+
+def run_loop(
+    run: Run,
+    paths: RunPaths,
+    state: TrainState,
+    interval: accum.Interval,
+    best: float | None,
+    on_start: Callable[[], None] | None,
+    writer: bool,
+) -> dict[str, Any]:
+    """The loop from state to the end of the run; returns metrics.json's content."""
+    cfg, parts, recorder, ckpts = run.cfg, run.parts, run.recorder, run.checkpoints
+    tcfg, total_steps = cfg.training, parts.total_steps
     # --- Loop: no host work per step beyond dispatch; results are read at boundaries only.
     # training.steps_per_call: K steps per call between log/eval/checkpoint boundaries.
     run_steps = make_multi_step(parts.train_step, tcfg.nan_policy, tcfg.batch_size, parts.mesh)
@@ -130,9 +161,16 @@ def train_and_evaluate(
         int(state.step), to_backend(state, parts.mesh, cfg.parallel.backend), interval, best
     )
     profiler = StepProfiler(cfg.profile, paths.log_dir, writer)  # profile.*: a trace of steps
+    recorder.update(status="running")
+    # Every file the run writes before its first step is written once before on_start (an
+    # --overwrite'n run is deleted there): metrics.json and TensorBoard (config.yaml,
+    # provenance.json are already), a file in each checkpoint folder, runs.csv.
+    if writer:
+        recorder.save()
+        ckpts.check_writable()
+        run_index.check_writable(paths.run_dir)
     if on_start is not None:
         on_start()
-    recorder.update(status="running")
     started_at = run_index.record_start(paths.run_dir, recorder.data, write=writer)
     p.tic = time.perf_counter()
     failure: dict[str, Any] | None = None
@@ -156,29 +194,26 @@ def train_and_evaluate(
                 jax.block_until_ready(previous)
                 if not any(p.step % e == 0 for e in boundaries) and p.step != total_steps:
                     continue
-                checkpoint.poll(last_manager)  # checksums of saves finished meanwhile
-                checkpoint.poll(best_manager)
+                ckpts.poll()  # checksums of saves finished meanwhile
                 failure = check_stop(run, p)
                 if failure is not None:
                     break
                 evaluate = due(cfg.eval.every_steps, p.step, total_steps)
-                save = due(cfg.checkpoint.every_steps, p.step, total_steps)
+                save_now = due(cfg.checkpoint.every_steps, p.step, total_steps)
                 if due(cfg.logging.every_steps, p.step, total_steps):
-                    end_interval(run, p, write_now=evaluate or save)
+                    end_interval(run, p, write_now=evaluate or save_now)
                 if evaluate:
                     untimed(run, p, validate)
-                if save:
-                    untimed(run, p, save_last)
+                if save_now:
+                    untimed(run, p, save)
 
             # --- End: stopped by a signal, a failure or a divergence, or completed.
             write_held_back(run, p)  # stopped by a signal right after a logging boundary
             if failure is None:  # stopped by a signal between boundaries, or diverged
                 failure = check_stop(run, p) or p.diverged
             if stop.signum is not None or failure is not None:
-                save_last(run, p)
-            checkpoint.wait(last_manager)
-            checkpoint.wait(best_manager)
-            confirm_best(run, p)
+                save(run, p)
+            ckpts.finish(recorder)
         if failure is not None:
             recorder.update(status="failed", stopped_at_step=p.step, failure=failure)
         elif stop.signum is not None and p.step < total_steps:
@@ -195,42 +230,11 @@ def train_and_evaluate(
             recorder.close()
             profiler.close(p.last)
         finally:
-            checkpoint.close(last_manager)
-            checkpoint.close(best_manager)
+            ckpts.close()
     return recorder.data
 
 
-# --- Set-up of the checkpoints and the run record.
-
-
-def restore_run(
-    cfg: Any,
-    paths: RunPaths,
-    parts: Setup,
-    last_manager: ocp.CheckpointManager,
-    best_manager: ocp.CheckpointManager,
-) -> tuple[TrainState, accum.Interval, dict[str, Any] | None]:
-    """--resume: the newest model_last state that reads back, its open logging interval, and
-    the meta of model_best (None without one)."""
-    sharding = replicated(parts.mesh)
-    restored = checkpoint.restore_newest(
-        last_manager, checkpoint.abstract_like(parts.state, sharding)
-    )
-    if restored is None:
-        raise RunDirError(
-            f"--resume: run {paths.run_dir.name} has no checkpoint in {paths.last} to "
-            "continue from (it stopped before its first save); start it again with --overwrite"
-        )
-    state, meta = restored
-    if int(state.step) > parts.total_steps:
-        raise ConfigError(
-            f"training.epochs={cfg.training.epochs} plans {parts.total_steps} steps but run "
-            f"{paths.run_dir.name} has already done {int(state.step)}"
-        )
-    interval = accum.from_json(meta.get("train_interval"), sharding)
-    # The best checkpoint on disk is the truth: it may be ahead of the restored step when a
-    # run died between the two saves; a bit-exact replay reaches the same value again.
-    return state, interval, checkpoint.latest_meta(best_manager)
+# --- Set-up of the run record.
 
 
 def open_record(
@@ -241,6 +245,7 @@ def open_record(
     best_meta: dict[str, Any] | None,
     resume: bool,
     writer: bool,
+    ident: identity.Identity,
 ) -> tuple[Recorder, Console, float | None]:
     """Opens the run record at state.step: metrics.json and TensorBoard (a resumed history is cut
     back to that step), config.yaml, provenance.json, and the console's header and parameter
@@ -280,13 +285,15 @@ def open_record(
         recorder.set_best(best_meta["step"], cfg.checkpoint.best_metric, best)
     if writer:
         if resume:
-            prov = read_json(paths.provenance)
+            prov = identity.read_provenance(paths.provenance)
             prov.setdefault("resumes", []).append(
                 provenance.collect(tcfg.seed, {"from_step": first})
             )
         else:
             data_info = {**parts.splits.info, "on_device": parts.batches.on_device}
             prov = provenance.collect(tcfg.seed, {"data": data_info})
+        # The run identity with the config the run goes on with (a changed training.epochs).
+        prov[identity.KEY] = ident.with_config(cfg).to_json()
         # On resume this records a changed training.epochs; otherwise it is the same text.
         save_config(cfg, paths.config)
         atomic_write_json(paths.provenance, prov)
@@ -382,39 +389,15 @@ def validate(run: Run, p: Progress) -> None:
         p.diverged = {"step": p.step, "reason": "non-finite validation " + " and ".join(bad)}
     if is_better(value, p.best, cfg.checkpoint.best_mode):
         p.best = value
-        p.pending_best = (p.step, copy_tree(canonical), metrics)  # the next step donates state
+        # A copy: the next step donates the state.
+        run.checkpoints.hold_best(p.step, copy_tree(canonical), metrics)
 
 
-def save_last(run: Run, p: Progress) -> None:
+def save(run: Run, p: Progress) -> None:
     """model_best if a better state was validated, metrics.json, then model_last at p.step with
-    the open logging interval (unless that step is saved already)."""
-    save_best(run, p)
-    run.recorder.save()  # metrics.json is never older than model_last (a resume relies on it)
-    if run.last_manager.latest_step() != p.step:
-        meta = {"step": p.step, "train_interval": accum.to_json(p.interval, p.elapsed())}
-        checkpoint.save(run.last_manager, p.step, run.canonical(p.state), meta)
-
-
-def save_best(run: Run, p: Progress) -> None:
-    """Starts saving the best state validated since the last save to model_best."""
-    if p.pending_best is None:
-        return
-    step, best_state, metrics = p.pending_best
-    confirm_best(run, p)  # the save below would wait for the previous one anyway
-    if step in run.best_manager.all_steps():  # left by a run that died ahead of its model_last
-        run.best_manager.delete(step)
-    checkpoint.save(run.best_manager, step, best_state, {"step": step, "val": metrics})
-    p.unconfirmed_best = (step, metrics[run.cfg.checkpoint.best_metric])
-    p.pending_best = None
-
-
-def confirm_best(run: Run, p: Progress) -> None:
-    """Waits for the model_best save in flight, then names it as the best in the record."""
-    if p.unconfirmed_best is not None:
-        checkpoint.wait(run.best_manager)
-        step, value = p.unconfirmed_best
-        run.recorder.set_best(step, run.cfg.checkpoint.best_metric, value)
-        p.unconfirmed_best = None
+    the open logging interval (Checkpoints.save)."""
+    meta = {"step": p.step, "train_interval": accum.to_json(p.interval, p.elapsed())}
+    run.checkpoints.save(p.step, run.canonical(p.state), meta, run.recorder)
 
 
 def check_stop(run: Run, p: Progress) -> dict[str, Any] | None:
@@ -446,11 +429,7 @@ def record_error(run: Run, p: Progress, e: BaseException) -> None:
     """Records the exception e that ends the run as its failure. Waits for the saves already
     started and writes the held-back train record, best effort: a failing disk must not hide
     the original error."""
-    for manager in (run.last_manager, run.best_manager):
-        try:
-            checkpoint.wait(manager)
-        except Exception as wait_error:  # reported with the original error
-            e.add_note(f"while waiting for checkpoints: {wait_error}")
+    run.checkpoints.wait_quietly(e)
     if p.unlogged is not None:  # the record of the last logging boundary
         try:
             write_train_record(run, p, p.unlogged)

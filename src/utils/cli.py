@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -135,3 +136,28 @@ def run(main: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_status
+    except Exception as e:
+        if not out_of_device_memory(e):
+            raise
+        print(
+            f"error: out of device memory ({_first_line(e)}); lower training.batch_size "
+            "(train.py), eval.batch_size or eval.iwae_chunk (evaluate.py), or the model's size",
+            file=sys.stderr,
+        )
+        return USER_ERROR_STATUS
+    except KeyboardInterrupt:
+        print("interrupted (SIGINT)", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def out_of_device_memory(e: BaseException) -> bool:
+    """An XLA allocation failure: JAX's runtime error with RESOURCE_EXHAUSTED (the config asks
+    for more device memory than there is), told apart from a bug by its status code."""
+    return type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and str(e).startswith(
+        "RESOURCE_EXHAUSTED"
+    )
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."

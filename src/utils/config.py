@@ -159,6 +159,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}{yaml_error_text(e)}") from None
+    except OSError as e:  # unreadable: permissions
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -306,6 +308,13 @@ def check_model(model: Mapping[str, Any]) -> None:
         raise ConfigError(
             "model.conv: channels, kernel_sizes and strides need one entry per layer, got lengths "
             + ", ".join(f"{k}={n}" for k, n in lengths.items())
+        )
+    width = round(model["hidden_dim"] * model["transformer"]["mlp_ratio"])
+    if width < 1:
+        raise ConfigError(
+            f"model.transformer.mlp_ratio ({model['transformer']['mlp_ratio']}) times "
+            f"model.hidden_dim ({model['hidden_dim']}) rounds to an MLP width of {width}; "
+            "it must be at least 1"
         )
     heads = model["transformer"]["heads"]
     if model["hidden_dim"] % heads:

@@ -17,6 +17,8 @@ from typing import Any
 
 import jax
 
+from src.utils.errors import ConfigError
+
 
 def cluster_environments() -> list[Any]:
     """JAX's cluster environments (SLURM, Open MPI, Cloud TPU, ...), in the order
@@ -63,11 +65,18 @@ def initialize_distributed(cfg: Any) -> bool:
         or detected_process_count() > 1
     ):
         return False
-    jax.distributed.initialize(
-        coordinator_address=cfg.coordinator_address or None,
-        num_processes=cfg.num_processes or None,
-        process_id=None if cfg.process_id < 0 else cfg.process_id,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=cfg.coordinator_address or None,
+            num_processes=cfg.num_processes or None,
+            process_id=None if cfg.process_id < 0 else cfg.process_id,
+        )
+    except ValueError as e:  # what JAX could not detect and the config does not say
+        raise ConfigError(
+            f"parallel.distributed={cfg.distributed}: jax.distributed cannot start: {e} Set "
+            "parallel.coordinator_address, parallel.num_processes and parallel.process_id, "
+            "or launch under a cluster JAX detects (SLURM, ...)"
+        ) from None
     return True
 
 

@@ -71,6 +71,27 @@ def metrics_text(data: dict[str, Any], history_lines: list[str] | None = None) -
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """metrics.json's content, checked to be a record: an object whose history is a list of
+    objects with a step and a split. Anything else (unreadable, `[]`, a record without step) is
+    a StorageError (exit 4) naming the file."""
+    try:
+        data = read_json(path)
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+    history = data.get("history", []) if isinstance(data, dict) else None
+    fine = isinstance(history, list) and all(
+        isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("split"), str)
+        for r in history
+    )
+    if not fine:
+        raise StorageError(
+            f"{path}: not a run record (an object whose history records each have a step and "
+            "a split); restore it from a copy of the run or start the run again with --overwrite"
+        )
+    return data
+
+
 class Recorder:
     """Appends metric records to metrics.json and mirrors them to TensorBoard and the console.
 
@@ -108,8 +129,8 @@ class Recorder:
             "history": [],
         }
         if resume and metrics_path.is_file():
-            old = read_json(metrics_path)
-            self.data.update({k: old[k] for k in ("best", "final", "history") if k in old})
+            saved = read_record(metrics_path)
+            self.data.update({k: saved[k] for k in ("best", "final", "history") if k in saved})
         self.history_lines = [encode_json(r) for r in self.data["history"]]  # kept in step
         self.tb = None
         self.tb_rebuild = False  # truncate() writes the kept history to TensorBoard again
@@ -198,9 +219,14 @@ class Recorder:
 
     def close(self) -> None:
         self.save()
+        self.close_tensorboard()
+
+    def close_tensorboard(self) -> None:
+        """Closes the TensorBoard writer (its thread), once."""
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+            self.tb = None
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import fcntl
 import io
 import os
@@ -18,6 +19,8 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
+
+from src.utils.errors import StorageError
 
 FILE_NAME = "runs.csv"
 COLUMNS = (
@@ -41,20 +44,47 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Appends one CSV row (header first if the file is new), atomically with respect to others."""
+def open_index(path: Path) -> int:
+    """A descriptor appending to path (created if new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Appends one CSV row (header first if the file is new), atomically with respect to others.
+
+    A short write (a full disk) raises OSError(ENOSPC) after cutting the file back to its
+    length before the row, so no partial row stays."""
+    fd = open_index(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        if os.fstat(fd).st_size == 0:
+        size = os.fstat(fd).st_size
+        if size == 0:
             writer.writeheader()
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-        os.write(fd, buf.getvalue().encode())
+        data = buf.getvalue().encode()
+        written = os.write(fd, data)
+        if written != len(data):
+            os.ftruncate(fd, size)
+            raise OSError(
+                errno.ENOSPC, f"wrote {written} of {len(data)} bytes (disk full?)", str(path)
+            )
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def check_writable(run_dir: Path) -> None:
+    """Opens the workdir's runs.csv for appending (and closes it): a run that could not record
+    its start finds out before it starts (and before --overwrite deletes anything)."""
+    path = index_path(run_dir)
+    try:
+        os.close(open_index(path))
+    except OSError as e:
+        raise StorageError(
+            f"cannot write {path}: {e.strerror or e}; fix the disk or --workdir"
+        ) from e
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

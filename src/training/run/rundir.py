@@ -2,7 +2,8 @@
 
 One writer per run: `lock_run` takes an exclusive fcntl.flock on `checkpoints/.<run_id>.lock`
 (next to the run folder, not inside it, so that --overwrite can move the folder aside while
-holding the lock). The kernel releases it when the process ends, however it ends, so a killed
+holding the lock), and one on the run folder itself, which an `rm` of the lock file cannot take
+away from the running writer. The kernel releases it when the process ends, however it ends, so a killed
 run never leaves it stuck. The file holds the PID of the last holder, for the error message.
 
 --overwrite never deletes before the new run has started: `prepare` renames the old folders to
@@ -28,7 +29,9 @@ from typing import NamedTuple
 
 from src.utils.errors import RunDirError, StorageError
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A run id never begins with '.': the names --overwrite and the lock use beside the run folder
+# (`.<run_id>.replaced`, `.<run_id>.deleted`, `.<run_id>.lock`) do, so none is a run's folder.
+RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 # File names are limited to 255 bytes; the longest name derived from a run id is
 # `.<run_id>.replaced` (10 more), and a margin is left for the tools that add suffixes.
 MAX_RUN_ID_CHARS = 200
@@ -71,11 +74,12 @@ def default_run_id(experiment: str) -> str:
 
 
 def run_paths(workdir: str | Path, run_id: str) -> RunPaths:
-    """Checks run_id (letters, digits, '-', '_', '.'; never '.' or '..'; at most
+    """Checks run_id (letters, digits, '-', '_', '.'; not beginning with '.'; at most
     MAX_RUN_ID_CHARS) and returns its folders."""
-    if not RUN_ID.match(run_id) or set(run_id) == {"."}:
+    if not RUN_ID.match(run_id):
         raise RunDirError(
-            f"--run_id {run_id!r}: use only letters, digits, '-', '_' and '.', e.g. baseline-s42"
+            f"--run_id {run_id!r}: use only letters, digits, '-', '_' and '.', not beginning "
+            "with '.', e.g. baseline-s42"
         )
     if len(run_id) > MAX_RUN_ID_CHARS:
         raise RunDirError(
@@ -126,8 +130,44 @@ class RunLock:
             os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the PID is only shown to a second writer; the lock itself is held
+        self.run_dir = paths.run_dir
+        self.folder_fds: list[int] = []
+        try:
+            self.lock_folder()
+        except BaseException:
+            self.release()
+            raise
+
+    def lock_folder(self) -> None:
+        """Also locks the run folder itself, if it exists (call again once prepare has made a
+        new one): unlike the lock file, an `rm` cannot take it away from the running writer."""
+        try:
+            fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise storage_error(f"lock run folder {self.run_dir}", e) from e
+        inode = os.fstat(fd)[:2]
+        if any(os.fstat(held)[:2] == inode for held in self.folder_fds):
+            os.close(fd)  # already ours (a second flock of it would conflict with ours)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise storage_error(f"lock run folder {self.run_dir}", e) from e
+            raise RunDirError(
+                f"run {self.run_dir.name} is in use by another process (its folder "
+                f"{self.run_dir} is locked; its lock file {self.path} was removed); wait for it "
+                "to end or stop it, then try again"
+            ) from None
+        self.folder_fds.append(fd)
 
     def release(self) -> None:
+        for fd in getattr(self, "folder_fds", []):
+            os.close(fd)
+        self.folder_fds = []
         if self.fd is not None:
             os.close(self.fd)  # closing releases the lock
             self.fd = None
