@@ -446,7 +446,7 @@ def test_distributed_without_what_jax_needs_is_a_config_error(coordinator):
 
     code = (
         "from types import SimpleNamespace\n"
-        "from src.training.device.parallel import initialize_distributed\n"
+        "from src.training.device.processes import initialize_distributed\n"
         "from src.utils.errors import ConfigError\n"
         f"cfg = SimpleNamespace(distributed='true', coordinator_address={coordinator!r}, "
         "num_processes=0, process_id=-1)\n"
