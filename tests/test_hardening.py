@@ -794,3 +794,23 @@ def test_checksums_follow_a_finished_save_at_the_next_boundary(tmp_path, monkeyp
     at_batch(monkeypatch, 35, lambda: seen.append(checksums.is_file()))
     assert main(cli_args(tmp_path, "c", "--config.checkpoint.keep_last=3")) == 0
     assert seen == [True]  # after the boundary at step 30, before the save at step 40
+
+
+def test_a_run_refused_by_its_data_check_leaves_no_folders(tmp_path):
+    """The run folders that prepare created go again when the run fails before it starts; a
+    folder that held something before is kept."""
+    from tests.helpers import run_script
+
+    (tmp_path / "logs" / "other").mkdir(parents=True)
+    result = run_script(
+        "train.py",
+        f"--config={BASELINE}",
+        "--data=mnist",
+        f"--config.data.dir={tmp_path / 'missing'}",
+        f"--workdir={tmp_path}",
+        "--run_id=x",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "data.dir" in result.stderr
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["checkpoints", "checkpoints/.x.lock", "logs", "logs/other"]

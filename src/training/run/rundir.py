@@ -17,6 +17,7 @@ already committed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -202,17 +203,19 @@ def holder(paths: RunPaths) -> str | None:
 
 
 class Replacement:
-    """The old folders of a run being overwritten, set aside until the new run starts."""
+    """The old folders of a run being overwritten, set aside until the new run starts, and the
+    folders that preparing the new run created."""
 
-    def __init__(self, moved: list[tuple[Path, Path]]):
+    def __init__(self, moved: list[tuple[Path, Path]], created: list[Path] | None = None):
         self.moved = moved  # (folder, aside); the run folder first
+        self.created = created or []  # folders that did not exist, deepest first
 
     def commit(self) -> None:
         """The new run has started: the old folders go (the run folder's rename is the commit
         point; the others follow)."""
         from src.training.run import run_index
 
-        moved, self.moved = self.moved, []
+        moved, self.moved, self.created = self.moved, [], []
         for folder, aside in moved:
             trash = _aside(folder, DELETED)
             shutil.rmtree(trash, ignore_errors=True)
@@ -222,11 +225,16 @@ class Replacement:
             shutil.rmtree(trash, ignore_errors=True)
 
     def restore(self) -> None:
-        """The new run did not start: its folders go and the old ones come back."""
+        """The new run did not start: its folders go and the old ones come back; the folders
+        created for it go too while empty (a run refused by its data check leaves nothing)."""
         moved, self.moved = self.moved, []
         for folder, aside in reversed(moved):
             shutil.rmtree(folder, ignore_errors=True)
             aside.rename(folder)
+        created, self.created = self.created, []
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                folder.rmdir()
 
 
 def recover(paths: RunPaths) -> None:
@@ -284,7 +292,8 @@ def _prepare(paths: RunPaths, resume: bool, overwrite: bool) -> Replacement:
     if resume:  # temporary files of atomic writes that a hard exit cut short
         for stale in paths.run_dir.glob(".*.tmp"):
             stale.unlink()
-    replacement = Replacement(moved)
+    missing = [d for folder in paths for d in (folder, *folder.parents) if not d.exists()]
+    replacement = Replacement(moved, sorted(set(missing), key=lambda d: -len(d.parts)))
     try:
         for folder in paths:
             folder.mkdir(parents=True, exist_ok=True)
