@@ -48,7 +48,9 @@ def step_analysis(
     """
     tcfg = cfg.training
     backend = "jit" if cfg.parallel.backend == "pmap" else cfg.parallel.backend
-    train_step = build_train_step(cfg, graphdef, tx, schedule, mesh, backend=backend)
+    train_step = build_train_step(
+        cfg, graphdef, tx, schedule, mesh, backend=backend, image_shape=example.shape
+    )
     state = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), state
     )

@@ -43,6 +43,7 @@ from src.training.kl import free_bits_kl, kl_weight_from_config
 from src.training.losses import (
     decoder_log_probs,
     gaussian_kl,
+    group_sums,
     importance_log_weights,
     iwae_bound,
     log_normal_diag,
@@ -93,15 +94,27 @@ def draw_noise(
     return x, jax.random.normal(k_eps, shape, x.dtype)
 
 
-def iwae_metrics(log_w: jax.Array, log_px_z: jax.Array, mean: jax.Array, logvar: jax.Array):
+def per_group(metrics: dict[str, jax.Array], model: Any) -> dict[str, jax.Array]:
+    """A hierarchical model's metrics log kl_per_group [L] (nats, z_1 first) in place of the
+    per-unit kl_per_dim, which a convolutional hierarchy has thousands of; others unchanged."""
+    sizes = getattr(model, "group_sizes", None)
+    if sizes is None:
+        return metrics
+    out = {k: v for k, v in metrics.items() if k != "kl_per_dim"}
+    out["kl_per_group"] = group_sums(metrics["kl_per_dim"], sizes)
+    return out
+
+
+def iwae_metrics(log_w: jax.Array, log_px_z: jax.Array, kl: jax.Array):
     """The IWAE loss (-mean L_k) and the metrics logged for every objective.
 
-    recon, kl and elbo are the single-sample ELBO of the first sample with the analytic KL,
-    as the ELBO objective logs them; iwae_bound is the batch mean of L_k.
+    recon, kl and elbo are the single-sample ELBO of the first sample with the analytic KL
+    (kl [batch, D]: its per-dimension terms), as the ELBO objective logs them; iwae_bound is
+    the batch mean of L_k.
     """
     bound = iwae_bound(log_w).mean()
     recon = -log_px_z[0].mean()
-    kl_per_dim = gaussian_kl(mean, logvar).mean(axis=0)
+    kl_per_dim = kl.mean(axis=0)
     kl_sum = kl_per_dim.sum()
     return -bound, {
         "loss": -bound,
@@ -137,9 +150,13 @@ def iwae_grads(
 
         def loss_fn(p: Any) -> tuple[jax.Array, dict]:
             model = nnx.merge(graphdef, p)
+            if hasattr(model, "importance_terms"):  # hierarchical: log w over all groups
+                log_w, log_px_z, kl = model.importance_terms(x, eps, k_dec)
+                loss, metrics = iwae_metrics(log_w, log_px_z, kl)
+                return loss, per_group(metrics, model)
             mean, logvar = model.encode(x, k_enc)
             log_w, log_px_z = importance_log_weights(model, x, mean, logvar, eps, k_dec)
-            return iwae_metrics(log_w, log_px_z, mean, logvar)
+            return iwae_metrics(log_w, log_px_z, gaussian_kl(mean, logvar))
 
         return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -159,7 +176,7 @@ def iwae_grads(
     decoder_grads, z_cotangent = w_vjp(-normalized / x.shape[0])
     (encoder_grads,) = z_vjp(z_cotangent * normalized[..., None])
     grads = jax.tree.map(jnp.add, decoder_grads, encoder_grads)
-    return grads, iwae_metrics(log_w, log_px_z, mean, logvar)[1]
+    return grads, iwae_metrics(log_w, log_px_z, gaussian_kl(mean, logvar))[1]
 
 
 def global_mean(tree: Any, axis: str | None) -> Any:
@@ -187,7 +204,8 @@ def elbo_grads(
     """
 
     def loss_fn(p: Any) -> tuple[jax.Array, dict]:
-        terms = vae_terms(nnx.merge(graphdef, p), x, eps, key)
+        model = nnx.merge(graphdef, p)
+        terms = vae_terms(model, x, eps, key)
         recon = terms.recon.mean()
         kl_per_dim = terms.kl_per_dim.mean(axis=0)
         kl_sum = kl_per_dim.sum()
@@ -197,13 +215,14 @@ def elbo_grads(
         else:
             kl_term = kl_sum
         loss = recon + weight * kl_term
-        return loss, {
+        metrics = {
             "loss": loss,
             "recon": recon,
             "kl": kl_sum,
             "elbo": -(recon + kl_sum),
             "kl_per_dim": kl_per_dim,
         }
+        return loss, per_group(metrics, model)
 
     return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -369,10 +388,21 @@ def make_train_step(
     return pmap_step
 
 
+def masked_moments(values: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Count, mean and sum of squared deviations per column of values [batch, U] over the rows
+    with mask 1: a batch's share of a variance that the host combines exactly across batches
+    (src/training/validation.py:combine_moments), without keeping [examples, U] arrays."""
+    count = jnp.sum(mask)
+    mean = jnp.sum(values * mask[:, None], axis=0) / jnp.maximum(count, 1.0)
+    m2 = jnp.sum(jnp.square(values - mean) * mask[:, None], axis=0)
+    return {"mean_count": count, "mean_mean": mean, "mean_m2": m2}
+
+
 def make_eval_step(
     graphdef: nnx.GraphDef, mesh: Mesh, *, latent_dim: int
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
-    """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means.
+    """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means (a
+    hierarchical model: their masked moments, see masked_moments).
 
     Deterministic network (no dropout); only the reparameterization noise comes from key. The
     batch is scored as it is (evaluation splits are binarized once, src/data/pipeline.py).
@@ -383,11 +413,16 @@ def make_eval_step(
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
     def eval_step(params: Any, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
         x, eps = draw_noise(key, batch, latent_dim, False, 1)
-        terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)
-        return {
+        model = nnx.merge(graphdef, params)
+        terms = vae_terms(model, x, eps, None)
+        out = {
             "recon_sum": jnp.sum(terms.recon * mask),
             "kl_per_dim_sum": jnp.sum(terms.kl_per_dim * mask[:, None], axis=0),
-            "mean": terms.mean,
         }
+        if hasattr(model, "group_sizes"):  # hierarchical: moments, not [batch, units] means
+            out.update(masked_moments(terms.mean, mask))
+        else:
+            out["mean"] = terms.mean
+        return out
 
     return eval_step

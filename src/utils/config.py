@@ -38,6 +38,9 @@ POSITIVE = {
     "model.transformer.mlp_ratio",
     "model.transformer.patch_size",
     "model.transformer.init_std",
+    "model.hierarchical.depth",
+    "model.hierarchical.conv.bottleneck",
+    "model.hierarchical.conv.kernel_size",
     "model.gaussian.fixed_scale",
     "model.gaussian.min_scale",
     "training.kl.cycle_steps",
@@ -94,7 +97,9 @@ PROBABILITY = {
     "eval.kl_mass_share",
 }
 CHOICES = {
-    "model.type": ("mlp", "conv", "transformer"),
+    "model.type": ("mlp", "conv", "transformer", "hierarchical"),
+    "model.hierarchical.structure": ("bottom_up", "top_down"),
+    "model.hierarchical.body": ("mlp", "conv"),
     "model.activation": ("relu", "gelu", "tanh", "elu", "silu"),
     "model.likelihood": ("bernoulli", "gaussian", "categorical"),
     "model.compute_dtype": ("float32", "bfloat16"),
@@ -275,7 +280,16 @@ def _get(tree: Mapping[str, Any], dotted: str) -> Any:
 
 def check_model(model: Mapping[str, Any]) -> None:
     """Model checks that need no image shape (shape checks happen when the model is built)."""
-    for key in ("hidden_dims", "conv.channels", "conv.kernel_sizes", "conv.strides"):
+    for key in (
+        "hidden_dims",
+        "conv.channels",
+        "conv.kernel_sizes",
+        "conv.strides",
+        "hierarchical.groups",
+        "hierarchical.group_dims",
+        "hierarchical.widths",
+        "hierarchical.conv.downsample",
+    ):
         values = _get(model, key)
         if any(v <= 0 for v in values):
             raise ConfigError(f"model.{key} must be positive integers, got {values}")
@@ -333,6 +347,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     if kl["cycle_ramp"] == 0:
         raise ConfigError("training.kl.cycle_ramp must be in (0, 1], got 0")
     check_objective(cfg["training"])
+    check_hierarchical(cfg["model"], cfg["training"])
     if cfg["parallel"]["process_id"] < -1:
         raise ConfigError(
             f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"
@@ -373,6 +388,36 @@ def check_objective(training: Mapping[str, Any]) -> None:
             f"training.objective=iwae optimizes the IWAE bound as it is; {', '.join(changed)} "
             "applies to the ELBO objective only (use beta 1, warmup none, free_bits 0)"
         )
+
+
+def check_hierarchical(model: Mapping[str, Any], training: Mapping[str, Any]) -> None:
+    """The hierarchical family's checks that need no image shape (src/models/hier_plan.py checks
+    the resolutions when the model is built)."""
+    if model["type"] != "hierarchical":
+        return
+    h = model["hierarchical"]
+    if h["structure"] == "bottom_up" and h["body"] != "mlp":
+        raise ConfigError(
+            "model.hierarchical.structure=bottom_up is built with body mlp only (Burda et al.'s "
+            "dense conditionals); use structure top_down for body conv"
+        )
+    lists = ["groups", "group_dims", "widths"] + (["conv.downsample"] if h["body"] == "conv" else [])
+    lengths = {k: len(_get(h, k)) for k in lists}
+    if len(set(lengths.values())) != 1 or not lengths["groups"]:
+        raise ConfigError(
+            "model.hierarchical: "
+            + ", ".join(lists)
+            + " need one entry per stage (at least one), got lengths "
+            + ", ".join(f"{k}={n}" for k, n in lengths.items())
+        )
+    if training["objective"] == "iwae" and training["iwae_gradient"] == "dreg":
+        if h["structure"] == "top_down":
+            raise ConfigError(
+                "training.iwae_gradient=dreg does not hold for model.hierarchical.structure="
+                "top_down: its posterior q(z_l|x, z_>l) shares the top-down state, and so the "
+                "parameters, of the prior p(z_l|z_>l), while DReG needs inference parameters "
+                "that log p(x, z) does not use; use iwae_gradient standard"
+            )
 
 
 def check_data_values(data: Mapping[str, Any]) -> None:

@@ -1,0 +1,44 @@
+"""A stack of n identical blocks with stacked parameters, applied with lax.scan.
+
+The blocks are created with nnx.vmap (one parameter array per weight, leading axis n) and run
+by jax.lax.scan over that axis, so XLA compiles one block whatever n is: the compile time of a
+deep hierarchy does not grow with its depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+
+class Stack(nnx.Module):
+    """n blocks make(rngs) with their parameters stacked on a leading axis of length n."""
+
+    def __init__(self, make: Callable[[nnx.Rngs], nnx.Module], n: int, *, rngs: nnx.Rngs):
+        @nnx.split_rngs(splits=n)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def create(rngs: nnx.Rngs) -> nnx.Module:
+            return make(rngs)
+
+        self.blocks = create(rngs)
+        self.n = n
+
+    def scan(
+        self,
+        fn: Callable[[Any, Any, Any], tuple[Any, Any]],
+        carry: Any,
+        xs: Any,
+        reverse: bool = False,
+    ) -> Any:
+        """lax.scan of fn(block, carry, x) -> (carry, y) over the blocks in order (last first if
+        reverse), block i getting xs[i]; returns (carry, ys stacked [n, ...])."""
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(c: Any, inputs: Any) -> tuple[Any, Any]:
+            params, x = inputs
+            return fn(nnx.merge(graphdef, params), c, x)
+
+        return jax.lax.scan(body, carry, (state, xs), reverse=reverse)
