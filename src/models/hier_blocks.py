@@ -80,9 +80,7 @@ class Bottleneck(nnx.Module):
                     (k, k),
                     padding="SAME",
                     kernel_init=(
-                        nnx.initializers.zeros
-                        if zero_last and i == 3
-                        else default_kernel_init
+                        nnx.initializers.zeros if zero_last and i == 3 else default_kernel_init
                     ),
                     rngs=rngs,
                 )

@@ -78,6 +78,12 @@ def to_flat(grouped: jax.Array) -> jax.Array:
     return jnp.moveaxis(grouped, 0, 1).reshape(grouped.shape[1], -1)
 
 
+def stopped(module: nnx.Module) -> nnx.Module:
+    """A copy of module whose parameters are under stop_gradient."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+
+
 class TopDownNet(nnx.Module):
     """The top_down structure over any body (mlp: dense blocks, conv: bottleneck blocks)."""
 
@@ -205,15 +211,25 @@ class TopDownNet(nnx.Module):
             acts = [jnp.tile(a, (1, reps) + (1,) * (a.ndim - 2)) for a in acts]
         return self.top_down(acts, eps, use_posterior, temperature)
 
-    def generate(self, eps: jax.Array, temperature: jax.Array) -> jax.Array:
-        """Likelihood parameters of N = eps.shape[0] draws from the prior at temperature."""
+    def generate(
+        self, eps: jax.Array, temperature: jax.Array, x: jax.Array | None, keep: int
+    ) -> jax.Array:
+        """Likelihood parameters of N = eps.shape[0] draws: the top `keep` groups from the
+        posterior of x [N, ...] (none if keep is 0), the groups below from the prior at
+        temperature (the same top-down pass, fed by the prior)."""
         n = eps.shape[0]
-        acts = [
-            jnp.zeros((st.groups, n, *st.size, st.width) if self.conv else (st.groups, n, st.width))
-            for st in self.stages
-        ]
         groups = sum(st.groups for st in self.stages)
-        return self.top_down(acts, eps, jnp.zeros((groups,), bool), temperature).outputs
+        if keep and x is not None:
+            acts = self.activations(x)
+        else:
+            acts = [
+                jnp.zeros(
+                    (st.groups, n, *st.size, st.width) if self.conv else (st.groups, n, st.width)
+                )
+                for st in self.stages
+            ]
+        use_posterior = jnp.arange(groups) >= groups - keep
+        return self.top_down(acts, eps, use_posterior, temperature).outputs
 
 
 class BottomUpNet(nnx.Module):
@@ -308,21 +324,28 @@ class BottomUpNet(nnx.Module):
         """x [B, ...]; eps [N, U] with N a multiple of B (see TopDownNet); all groups from the
         posterior (use_posterior, temperature: see generate)."""
         posts = self.infer(x, eps)
+        log_q = [log_normal_at_own_sample(p[3], p[1]) for p in posts]
+        return self.terms(posts, log_q, posts[0][2][0])
+
+    def terms(
+        self, posts: list[tuple[jax.Array, ...]], log_q: list[jax.Array], z_1: jax.Array
+    ) -> Pass:
+        """The Pass of posterior samples posts (as from infer) with their log q per unit."""
         priors = self.priors([p[2] for p in posts])
         kls, means = [], []
-        log_ratio = jnp.zeros((eps.shape[0],), jnp.float32)
-        for s, ((q_mean, q_logvar, z, e), (p_mean, p_logvar)) in enumerate(
-            zip(posts, priors, strict=True)
+        n = z_1.shape[0]
+        log_ratio = jnp.zeros((n,), jnp.float32)
+        for s, ((q_mean, q_logvar, z, _), lq, (p_mean, p_logvar)) in enumerate(
+            zip(posts, log_q, priors, strict=True)
         ):
-            log_q = log_normal_at_own_sample(e, q_logvar)
             log_p = log_normal(z, p_mean, p_logvar)
-            kl = log_q - log_p
+            kl = lq - log_p
             if s == len(self.stages) - 1:  # the top group: analytic KL to N(0, I)
                 kl = kl.at[-1].set(kl_normal(q_mean[-1], q_logvar[-1], p_mean[-1], p_logvar[-1]))
             kls.append(to_flat(kl))
             means.append(to_flat(q_mean))
-            log_ratio = log_ratio + jnp.sum(log_q - log_p, axis=(0, 2))
-        outputs = self.out(posts[0][2][0]).reshape(eps.shape[0], *self.out_shape)
+            log_ratio = log_ratio + jnp.sum(lq - log_p, axis=(0, 2))
+        outputs = self.out(z_1).reshape(n, *self.out_shape)
         return Pass(
             outputs.astype(jnp.float32),
             jnp.concatenate(kls, axis=1),
@@ -330,26 +353,58 @@ class BottomUpNet(nnx.Module):
             jnp.concatenate(means, axis=1),
         )
 
-    def generate(self, eps: jax.Array, temperature: jax.Array) -> jax.Array:
-        """Likelihood parameters of N draws from the prior: z_L = T eps_L, then each
-        z_{l-1} = p_mean + T sigma eps_{l-1} down to z_1."""
-        z = None
-        for s in reversed(range(len(self.stages))):
-            st = self.stages[s]
-            e = to_groups(eps[:, stage_slices(self.stages)[s]], st)
-            if z is None:
-                z = temperature * e[-1]
-            else:
-                mean, logvar = split_gaussian(self.dec_down[s + 1](z), st.dim)
-                z = mean + temperature * jnp.exp(0.5 * logvar) * e[-1]
+    def terms_at(self, x: jax.Array, z: jax.Array) -> Pass:
+        """The Pass at given samples z [N, U] (N a multiple of x's rows), with log q(z|x)
+        computed from encoder parameters under stop_gradient: the encoder is reached only
+        through z, as DReG needs (Tucker et al. 2019)."""
+        reps = z.shape[0] // x.shape[0]
+        h = jnp.tile(x.reshape(x.shape[0], -1), (reps, 1))
+        posts, log_q = [], []
+        for s, (st, sl) in enumerate(zip(self.stages, stage_slices(self.stages), strict=True)):
+            zs = to_groups(z[:, sl], st)
+            mean, logvar = split_gaussian(stopped(self.enc_first[s])(h), st.dim)
+            means, logvars = mean[None], logvar[None]
             if st.groups > 1:
+                rest = stopped(self.enc_rest[s]).scan(
+                    lambda block, c, z_i: (c, split_gaussian(block(z_i), st.dim)), (), zs[:-1]
+                )[1]
+                means = jnp.concatenate([means, rest[0]])
+                logvars = jnp.concatenate([logvars, rest[1]])
+            posts.append((means, logvars, zs, jnp.zeros_like(zs)))
+            log_q.append(log_normal(zs, means, logvars))
+            h = zs[-1]
+        return self.terms(posts, log_q, posts[0][2][0])
 
-                def step(block: Dense, z: jax.Array, e_i: jax.Array) -> tuple:
-                    mean, logvar = split_gaussian(block(z), st.dim)
-                    return mean + temperature * jnp.exp(0.5 * logvar) * e_i, None
+    def conditional(self, s: int, i: int, z_above: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(p_mean, p_logvar) of group i of stage s given the group above it."""
+        st = self.stages[s]
+        if i < st.groups - 1:
+            block = self.dec_rest[s].block(i)
+        else:
+            block = self.dec_down[s + 1]
+        return split_gaussian(block(z_above), st.dim)
 
-                # block i maps group i + 1 to group i: walk the stack from its top.
-                z = self.dec_rest[s].scan(step, z, e[:-1], reverse=True)[0]
+    def generate(
+        self, eps: jax.Array, temperature: jax.Array, x: jax.Array | None, keep: int
+    ) -> jax.Array:
+        """Likelihood parameters of N = eps.shape[0] draws: the top `keep` groups from the
+        posterior of x (none if keep is 0), then z_{l-1} = p_mean + T sigma eps_{l-1} down to z_1
+        (z_L = T eps_L if keep is 0). Walks the groups in Python: for evaluation, not training."""
+        posts = self.infer(x, eps) if keep and x is not None else None
+        layout = [(s, i) for s, st in enumerate(self.stages) for i in range(st.groups)]
+        slices = stage_slices(self.stages)
+        z = None
+        for g in reversed(range(len(layout))):
+            s, i = layout[g]
+            if posts is not None and g >= len(layout) - keep:
+                z = posts[s][2][i]
+                continue
+            e = to_groups(eps[:, slices[s]], self.stages[s])[i]
+            if z is None:
+                z = temperature * e
+            else:
+                mean, logvar = self.conditional(s, i, z)
+                z = mean + temperature * jnp.exp(0.5 * logvar) * e
         assert z is not None
         return self.out(z).reshape(eps.shape[0], *self.out_shape).astype(jnp.float32)
 
@@ -391,9 +446,34 @@ class HierarchicalVAE(nnx.Module):
         log_w = log_px_z - out.log_ratio.reshape(samples, batch)
         return log_w, log_px_z, out.kl[:batch]
 
+    def dreg_sample(self, x: jax.Array, eps: jax.Array) -> jax.Array:
+        """bottom_up only: z [S, B, U] drawn from q(z|x) with eps [S, B, U] (DReG's path from the
+        encoder parameters to z)."""
+        assert isinstance(self.net, BottomUpNet)
+        samples, batch = eps.shape[:2]
+        posts = self.net.infer(x, eps.reshape(samples * batch, -1))
+        return jnp.concatenate([to_flat(p[2]) for p in posts], axis=1).reshape(eps.shape)
+
+    def dreg_log_weights(
+        self, x: jax.Array, z: jax.Array
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """bottom_up only: log w [S, B] at z [S, B, U] with log q(z|x) at stopped encoder
+        parameters, and (log p(x|z_1) [S, B], the KL terms of sample 0 [B, U])."""
+        assert isinstance(self.net, BottomUpNet)
+        samples, batch = z.shape[:2]
+        out = self.net.terms_at(x, z.reshape(samples * batch, -1))
+        x_rep = jnp.broadcast_to(x, (samples, *x.shape)).reshape(samples * batch, *x.shape[1:])
+        log_px_z = -self.likelihood(out.outputs, x_rep).reshape(samples, batch)
+        return log_px_z - out.log_ratio.reshape(samples, batch), (log_px_z, out.kl[:batch])
+
     def sample(self, eps: jax.Array, temperature: jax.Array) -> jax.Array:
-        """Likelihood parameters of eps.shape[0] prior draws at temperature."""
-        return self.net.generate(eps, temperature)
+        """Likelihood parameters of eps.shape[0] prior draws at temperature; eps [N, U]."""
+        return self.net.generate(eps, temperature, None, 0)
+
+    def reconstruct(self, x: jax.Array, eps: jax.Array, keep: int) -> jax.Array:
+        """Likelihood parameters with the top `keep` groups drawn from q(.|x) and the rest from
+        the prior given them; keep = L and eps = 0 gives the posterior-mean reconstruction."""
+        return self.net.generate(eps, jnp.float32(1.0), x, keep)
 
     def nll(self, outputs: jax.Array, x: jax.Array) -> jax.Array:
         """-log p(x|z_1) per example in nats: [batch]."""

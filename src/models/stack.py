@@ -42,3 +42,9 @@ class Stack(nnx.Module):
             return fn(nnx.merge(graphdef, params), c, x)
 
         return jax.lax.scan(body, carry, (state, xs), reverse=reverse)
+
+    def block(self, i: int) -> nnx.Module:
+        """Block i alone (its slice of the stacked parameters), for code that walks the stack
+        in Python (sampling in evaluation)."""
+        graphdef, state = nnx.split(self.blocks)
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))

@@ -87,9 +87,7 @@ def setup(cfg: Any) -> Setup:
         schedule=schedule,
         state=jax.device_put(state, replicated(mesh)),
         train_step=build_train_step(cfg, graphdef, tx, schedule, mesh, image_shape=image_shape),
-        eval_step=make_eval_step(
-            graphdef, mesh, latent_dim=latent_units(cfg.model, image_shape)
-        ),
+        eval_step=make_eval_step(graphdef, mesh, latent_dim=latent_units(cfg.model, image_shape)),
         latent_groups=latent_groups(cfg.model, image_shape),
     )
 

@@ -160,6 +160,9 @@ def iwae_grads(
 
         return jax.grad(loss_fn, has_aux=True)(params)
 
+    if hasattr(nnx.merge(graphdef, params), "dreg_sample"):  # bottom-up hierarchical
+        return hierarchical_dreg_grads(graphdef, params, x, eps)
+
     def sample_z(p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         mean, logvar = nnx.merge(graphdef, p).encode(x, k_enc)
         return mean + jnp.exp(0.5 * logvar) * eps, (mean, logvar)
@@ -177,6 +180,27 @@ def iwae_grads(
     (encoder_grads,) = z_vjp(z_cotangent * normalized[..., None])
     grads = jax.tree.map(jnp.add, decoder_grads, encoder_grads)
     return grads, iwae_metrics(log_w, log_px_z, gaussian_kl(mean, logvar))[1]
+
+
+def hierarchical_dreg_grads(
+    graphdef: nnx.GraphDef, params: Any, x: jax.Array, eps: jax.Array
+) -> tuple[Any, dict[str, jax.Array]]:
+    """DReG of iwae_grads for a bottom-up hierarchical model, eps [k, batch, U]: z over all
+    groups is a reparameterization of the encoder parameters alone (q(z_l|z_{l-1}) uses no
+    decoder parameter), so the derivation holds with z the concatenated groups; log q(z|x) is
+    evaluated at stopped encoder parameters (HierarchicalVAE.dreg_log_weights)."""
+    z, z_vjp = jax.vjp(lambda p: nnx.merge(graphdef, p).dreg_sample(x, eps), params)
+
+    def log_weights(p: Any, z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        return nnx.merge(graphdef, p).dreg_log_weights(x, z)
+
+    log_w, w_vjp, (log_px_z, kl) = jax.vjp(log_weights, params, z, has_aux=True)
+    normalized = jax.nn.softmax(log_w, axis=0)  # w~_s, [k, batch]
+    decoder_grads, z_cotangent = w_vjp(-normalized / x.shape[0])
+    (encoder_grads,) = z_vjp(z_cotangent * normalized[..., None])
+    grads = jax.tree.map(jnp.add, decoder_grads, encoder_grads)
+    metrics = iwae_metrics(log_w, log_px_z, kl)[1]
+    return grads, per_group(metrics, nnx.merge(graphdef, params))
 
 
 def global_mean(tree: Any, axis: str | None) -> Any:

@@ -347,7 +347,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     if kl["cycle_ramp"] == 0:
         raise ConfigError("training.kl.cycle_ramp must be in (0, 1], got 0")
     check_objective(cfg["training"])
-    check_hierarchical(cfg["model"], cfg["training"])
+    check_hierarchical(cfg["model"], cfg["training"], cfg["eval"])
     if cfg["parallel"]["process_id"] < -1:
         raise ConfigError(
             f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"
@@ -390,9 +390,16 @@ def check_objective(training: Mapping[str, Any]) -> None:
         )
 
 
-def check_hierarchical(model: Mapping[str, Any], training: Mapping[str, Any]) -> None:
+def check_hierarchical(
+    model: Mapping[str, Any], training: Mapping[str, Any], evaluation: Mapping[str, Any]
+) -> None:
     """The hierarchical family's checks that need no image shape (src/models/hier_plan.py checks
     the resolutions when the model is built)."""
+    temperatures = evaluation["sample_temperatures"]
+    if not temperatures or any(t <= 0 for t in temperatures):
+        raise ConfigError(
+            f"eval.sample_temperatures must be positive numbers (at least one), got {temperatures}"
+        )
     if model["type"] != "hierarchical":
         return
     h = model["hierarchical"]
@@ -401,7 +408,9 @@ def check_hierarchical(model: Mapping[str, Any], training: Mapping[str, Any]) ->
             "model.hierarchical.structure=bottom_up is built with body mlp only (Burda et al.'s "
             "dense conditionals); use structure top_down for body conv"
         )
-    lists = ["groups", "group_dims", "widths"] + (["conv.downsample"] if h["body"] == "conv" else [])
+    lists = ["groups", "group_dims", "widths"] + (
+        ["conv.downsample"] if h["body"] == "conv" else []
+    )
     lengths = {k: len(_get(h, k)) for k in lists}
     if len(set(lengths.values())) != 1 or not lengths["groups"]:
         raise ConfigError(
@@ -409,6 +418,13 @@ def check_hierarchical(model: Mapping[str, Any], training: Mapping[str, Any]) ->
             + ", ".join(lists)
             + " need one entry per stage (at least one), got lengths "
             + ", ".join(f"{k}={n}" for k, n in lengths.items())
+        )
+    groups = sum(h["groups"])
+    keep = evaluation["keep_top_groups"]
+    if any(not 0 <= m <= groups for m in keep):
+        raise ConfigError(
+            f"eval.keep_top_groups must be in [0, {groups}] (the model has {groups} latent "
+            f"groups, model.hierarchical.groups {h['groups']}), got {keep}"
         )
     if training["objective"] == "iwae" and training["iwae_gradient"] == "dreg":
         if h["structure"] == "top_down":
