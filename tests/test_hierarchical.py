@@ -309,6 +309,19 @@ def test_bad_configs_are_config_errors(overrides, message):
     assert message in str(info.value)
 
 
+def test_a_pooled_bottom_stage_maps_back_to_the_image():
+    cfg = hier_cfg("top_down", "conv", "model.hierarchical.conv.downsample=[2,2]")
+    assert latent_groups(cfg.model, SHAPE) == (4 * 4 * 3, 4 * 4 * 3, 2 * 2 * 2)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg.model, SHAPE, nnx.Rngs(0))))
+    recon = jax.eval_shape(
+        lambda st, x, e: nnx.merge(graphdef, st).elbo_terms(x, e)[0],
+        state,
+        jnp.zeros((2, *SHAPE)),
+        jnp.zeros((2, 104)),
+    )
+    assert recon.shape == (2,)
+
+
 def test_pooling_that_does_not_divide_is_a_config_error_at_build():
     cfg = hier_cfg("top_down", "conv", "model.hierarchical.conv.downsample=[1,3]")
     with pytest.raises(ConfigError) as info:

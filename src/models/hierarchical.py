@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +78,33 @@ def to_flat(grouped: jax.Array) -> jax.Array:
     return jnp.moveaxis(grouped, 0, 1).reshape(grouped.shape[1], -1)
 
 
-def stopped(module: nnx.Module) -> nnx.Module:
+def sampling_step(dim: int):
+    """A scan step over dense conditionals: (block, z_prev, eps) -> (z, (mean, logvar, z)) with
+    (mean, logvar) = block(z_prev) and z = mean + e^(logvar/2) eps."""
+
+    def step(block: Dense, z: jax.Array, e: jax.Array) -> tuple:
+        mean, logvar = split_gaussian(block(z), dim)
+        z = mean + jnp.exp(0.5 * logvar) * e
+        return z, (mean, logvar, z)
+
+    return step
+
+
+def gaussian_step(dim: int):
+    """A carry-free scan step: (block, (), z) -> ((), (mean, logvar) = block(z))."""
+
+    def step(block: Dense, carry: tuple, z: jax.Array) -> tuple:
+        return carry, split_gaussian(block(z), dim)
+
+    return step
+
+
+M = TypeVar("M", bound=nnx.Module)
+# A stage's posterior samples: (q_mean, q_logvar, z, eps), each [groups, N, dim].
+Posterior = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def stopped(module: M) -> M:
     """A copy of module whose parameters are under stop_gradient."""
     graphdef, state = nnx.split(module)
     return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
@@ -145,8 +171,10 @@ class TopDownNet(nnx.Module):
         h = self.stem(x if self.conv else x.reshape(x.shape[0], -1))
         acts = []
         for s, st in enumerate(self.stages):
+            if self.conv:
+                h = avg_pool(h, st.factor)
             if s > 0:
-                h = self.enc_proj[s - 1](avg_pool(h, st.factor) if self.conv else h)
+                h = self.enc_proj[s - 1](h)
             h, ys = self.encoder[s].scan(lambda block, c, _: (block(c), block(c)), h, None)
             acts.append(ys)
         return acts
@@ -162,7 +190,8 @@ class TopDownNet(nnx.Module):
         examples), use_posterior [L] bool per group (z_1 first), temperature of the prior draws."""
         n = eps.shape[0]
         state = jnp.broadcast_to(self.top[...], (n, *self.top.shape))
-        kls, means = [], []
+        kls: list[jax.Array] = []
+        means: list[jax.Array] = []
         log_ratio = jnp.zeros((n,), jnp.float32)
         slices = stage_slices(self.stages)
         first_group = 0
@@ -191,6 +220,7 @@ class TopDownNet(nnx.Module):
             means.insert(0, to_flat(mean[::-1]))
             log_ratio = log_ratio + ratio.sum(axis=0)
         if self.conv:
+            state = upsample(state, self.stages[0].factor)
             outputs = self.out(self.activation(state))
         else:
             outputs = self.out(self.activation(state)).reshape(n, *self.out_shape)
@@ -269,53 +299,59 @@ class BottomUpNet(nnx.Module):
         self.enc_rest = nnx.List([stack(st) for st in stages])
         self.dec_rest = nnx.List([stack(st) for st in stages])
         self.dec_down = nnx.List(
-            [None] + [dense(b.dim, b, 2 * a.dim)(rngs) for a, b in zip(stages, stages[1:])]
+            [None]
+            + [dense(b.dim, b, 2 * a.dim)(rngs) for a, b in zip(stages, stages[1:], strict=False)]
         )
         self.out = dense(stages[0].dim, stages[0], math.prod(self.out_shape))(rngs)
 
-    def infer(self, x: jax.Array, eps: jax.Array) -> list[tuple[jax.Array, ...]]:
+    def rest(self, stacks: nnx.List, s: int) -> Stack:
+        """Stage s's stack of the groups after its first (it has more than one group)."""
+        stack = stacks[s]
+        assert isinstance(stack, Stack)
+        return stack
+
+    def infer(self, x: jax.Array, eps: jax.Array) -> list[Posterior]:
         """The posterior pass: per stage (q_mean, q_logvar, z, eps), each [groups, N, dim]."""
         n = eps.shape[0]
         reps = n // x.shape[0]
         h = jnp.tile(x.reshape(x.shape[0], -1), (reps, 1))
-        out = []
+        out: list[Posterior] = []
         for s, (st, sl) in enumerate(zip(self.stages, stage_slices(self.stages), strict=True)):
             e = to_groups(eps[:, sl], st)
             mean, logvar = split_gaussian(self.enc_first[s](h), st.dim)
             z = mean + jnp.exp(0.5 * logvar) * e[0]
-            first = (mean[None], logvar[None], z[None])
+            means, logvars, zs = mean[None], logvar[None], z[None]
             if st.groups > 1:
-
-                def step(block: Dense, z: jax.Array, e_i: jax.Array) -> tuple:
-                    mean, logvar = split_gaussian(block(z), st.dim)
-                    z = mean + jnp.exp(0.5 * logvar) * e_i
-                    return z, (mean, logvar, z)
-
-                rest = self.enc_rest[s].scan(step, z, e[1:])[1]
-                first = tuple(jnp.concatenate([a, b]) for a, b in zip(first, rest, strict=True))
-            out.append((*first, e))
-            h = first[2][-1]
+                rest = self.rest(self.enc_rest, s).scan(sampling_step(st.dim), z, e[1:])[1]
+                means = jnp.concatenate([means, rest[0]])
+                logvars = jnp.concatenate([logvars, rest[1]])
+                zs = jnp.concatenate([zs, rest[2]])
+            out.append((means, logvars, zs, e))
+            h = zs[-1]
         return out
 
     def priors(self, zs: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
         """p(z_l | z_{l+1}) of every group below the top from the sampled z's, in parallel:
         per stage (p_mean, p_logvar) [groups, N, dim]; the top group's is N(0, I)."""
-        out = []
+        out: list[tuple[jax.Array, jax.Array]] = []
         for s, st in enumerate(self.stages):
             parts = []
             if st.groups > 1:
                 parts.append(
-                    self.dec_rest[s].scan(
-                        lambda block, c, z: (c, split_gaussian(block(z), st.dim)), (), zs[s][1:]
-                    )[1]
+                    self.rest(self.dec_rest, s).scan(gaussian_step(st.dim), (), zs[s][1:])[1]
                 )
             if s + 1 < len(self.stages):
                 top = split_gaussian(self.dec_down[s + 1](zs[s + 1][0]), st.dim)
             else:
                 zero = jnp.zeros_like(zs[s][-1])
                 top = (zero, zero)
-            parts.append(tuple(t[None] for t in top))
-            out.append(tuple(jnp.concatenate(p) for p in zip(*parts, strict=True)))
+            parts.append((top[0][None], top[1][None]))
+            out.append(
+                (
+                    jnp.concatenate([p[0] for p in parts]),
+                    jnp.concatenate([p[1] for p in parts]),
+                )
+            )
         return out
 
     def __call__(
@@ -327,12 +363,11 @@ class BottomUpNet(nnx.Module):
         log_q = [log_normal_at_own_sample(p[3], p[1]) for p in posts]
         return self.terms(posts, log_q, posts[0][2][0])
 
-    def terms(
-        self, posts: list[tuple[jax.Array, ...]], log_q: list[jax.Array], z_1: jax.Array
-    ) -> Pass:
+    def terms(self, posts: list[Posterior], log_q: list[jax.Array], z_1: jax.Array) -> Pass:
         """The Pass of posterior samples posts (as from infer) with their log q per unit."""
         priors = self.priors([p[2] for p in posts])
-        kls, means = [], []
+        kls: list[jax.Array] = []
+        means: list[jax.Array] = []
         n = z_1.shape[0]
         log_ratio = jnp.zeros((n,), jnp.float32)
         for s, ((q_mean, q_logvar, z, _), lq, (p_mean, p_logvar)) in enumerate(
@@ -359,14 +394,15 @@ class BottomUpNet(nnx.Module):
         through z, as DReG needs (Tucker et al. 2019)."""
         reps = z.shape[0] // x.shape[0]
         h = jnp.tile(x.reshape(x.shape[0], -1), (reps, 1))
-        posts, log_q = [], []
+        posts: list[Posterior] = []
+        log_q: list[jax.Array] = []
         for s, (st, sl) in enumerate(zip(self.stages, stage_slices(self.stages), strict=True)):
             zs = to_groups(z[:, sl], st)
             mean, logvar = split_gaussian(stopped(self.enc_first[s])(h), st.dim)
             means, logvars = mean[None], logvar[None]
             if st.groups > 1:
-                rest = stopped(self.enc_rest[s]).scan(
-                    lambda block, c, z_i: (c, split_gaussian(block(z_i), st.dim)), (), zs[:-1]
+                rest = stopped(self.rest(self.enc_rest, s)).scan(
+                    gaussian_step(st.dim), (), zs[:-1]
                 )[1]
                 means = jnp.concatenate([means, rest[0]])
                 logvars = jnp.concatenate([logvars, rest[1]])
@@ -378,10 +414,8 @@ class BottomUpNet(nnx.Module):
     def conditional(self, s: int, i: int, z_above: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(p_mean, p_logvar) of group i of stage s given the group above it."""
         st = self.stages[s]
-        if i < st.groups - 1:
-            block = self.dec_rest[s].block(i)
-        else:
-            block = self.dec_down[s + 1]
+        stack = self.dec_rest[s]
+        block = stack.block(i) if stack is not None and i < st.groups - 1 else self.dec_down[s + 1]
         return split_gaussian(block(z_above), st.dim)
 
     def generate(

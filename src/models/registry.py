@@ -14,7 +14,7 @@ from flax import nnx
 
 from src.models.conv import ConvDecoder, ConvEncoder
 from src.models.hier_plan import group_sizes, plan_stages
-from src.models.hierarchical import HierarchicalVAE, build_hierarchical
+from src.models.hierarchical import build_hierarchical
 from src.models.likelihoods import build_likelihood
 from src.models.mlp import MLPDecoder, MLPEncoder
 from src.models.transformer import TransformerDecoder, TransformerEncoder
@@ -77,8 +77,10 @@ MODELS: dict[str, Builder] = {
 }
 
 
-def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE | HierarchicalVAE:
-    """cfg is the `model` section; image_shape is (H, W, C) of the data."""
+def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> Any:
+    """cfg is the `model` section; image_shape is (H, W, C) of the data. Returns a VAE, or a
+    HierarchicalVAE for model.type hierarchical (whose interface differs: elbo_terms and
+    importance_terms instead of encode and decode)."""
     if cfg.type == "hierarchical":
         model = build_hierarchical(cfg, image_shape, rngs)
         set_compute_dtype(model.net, jnp.dtype(cfg.compute_dtype))
