@@ -48,7 +48,7 @@ def main(argv):
 
     configure_determinism(cfg.compile.deterministic_gpu)  # before JAX starts a backend
 
-    from src.utils.compilation import enable_cache
+    from src.training.device.compilation import enable_cache
 
     enable_cache(cfg.compile)  # before the first compilation
     from src.experiments.benchmark import run_benchmark

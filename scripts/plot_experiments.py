@@ -34,10 +34,10 @@ from src.evaluation.ppca import (  # noqa: E402
     ppca_log_likelihood,
 )
 from src.experiments.summary import wall_seconds  # noqa: E402
+from src.training.run.run_index import FILE_NAME, read_rows  # noqa: E402
+from src.training.run.rundir import run_paths  # noqa: E402
 from src.utils.config import load_saved_config  # noqa: E402
 from src.utils.io import read_json  # noqa: E402
-from src.utils.run_index import FILE_NAME, read_rows  # noqa: E402
-from src.utils.rundir import run_paths  # noqa: E402
 
 # experiment -> (sweep name, swept keys, figure name)
 SWEEPS = {

@@ -61,8 +61,8 @@ def train(
     """Trains in this process as `train.py --config=experiment [--data=data]` with the
     overrides would; returns (metrics.json's content, the run's RunPaths)."""
     from src.training.loop import train_and_evaluate
+    from src.training.run.rundir import prepare, run_paths
     from src.utils.config import load_config
-    from src.utils.rundir import prepare, run_paths
 
     cfg = load_config(experiment, {"data": data} if data else None, overrides)
     paths = run_paths(workdir, run_id)

@@ -13,12 +13,12 @@ import pytest
 from flax import nnx
 
 from src.models.registry import build_model
+from src.training.device.parallel import make_mesh
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.setup import build_train_step
 from src.training.state import init_state, split_model
 from src.utils.config import load_config
-from src.utils.parallel import make_mesh
 from src.utils.reproducibility import DETERMINISTIC_XLA_FLAGS, configure_determinism
 from tests.helpers import BASELINE, TINY, run_script
 

@@ -16,8 +16,8 @@ from src.data.batches import (
     two_epoch_order,
 )
 from src.data.pipeline import epoch_permutation, take_batch
+from src.training.device.parallel import make_mesh, split_on_devices
 from src.utils.config import load_config
-from src.utils.parallel import make_mesh, split_on_devices
 from tests.helpers import BASELINE
 
 N, B = 50, 8

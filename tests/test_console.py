@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from src.utils import console as console_module
-from src.utils.console import Console, number, param_table
+from src.training.run import console as console_module
+from src.training.run.console import Console, number, param_table
 from tests.helpers import BASELINE, TINY, run_script
 
 # TINY shrinks the baseline: 1437 training examples / batch 32 = 44 steps per epoch, 2 epochs.

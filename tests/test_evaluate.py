@@ -15,8 +15,8 @@ import yaml
 
 from src.evaluation.entry import main
 from src.evaluation.evaluate import derive_eval_keys, evaluate_run
+from src.training.device.parallel import make_mesh, replicated, split_on_devices
 from src.utils.cli import run
-from src.utils.parallel import make_mesh, replicated, split_on_devices
 from tests.helpers import BASELINE, TINY, run_script, train
 
 EVAL_KEYS = {

@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 
 from src.models.likelihoods import Gaussian
 from src.models.registry import build_model
+from src.training.device.parallel import make_mesh
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
 from src.training.setup import build_train_step
@@ -20,7 +21,6 @@ from src.training.state import init_state, split_model
 from src.training.step import make_eval_step
 from src.utils.config import load_config, load_saved_config
 from src.utils.errors import ConfigError
-from src.utils.parallel import make_mesh
 from tests.helpers import BASELINE, REPO, run_script, train
 
 FAMILIES = ["mlp", "conv", "transformer"]

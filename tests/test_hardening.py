@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from src.utils import run_index
+from src.training.run import run_index
+from src.training.run.rundir import lock_run, prepare, run_paths
 from src.utils.config import load_config, save_config
 from src.utils.errors import ConfigError, DataError, RunDirError
 from src.utils.io import read_json
-from src.utils.rundir import lock_run, prepare, run_paths
 from tests.helpers import BASELINE, REPO, TINY, at_batch, inject_nan_at
 
 
@@ -332,7 +332,7 @@ def test_a_signal_after_the_command_ended_exits_with_its_status():
     """Run as the script, the guard stays installed while the interpreter shuts down."""
     code = (
         "import os, signal, time\n"
-        "from src.utils.signals import CommandGuard\n"
+        "from src.training.run.signals import CommandGuard\n"
         "guard = CommandGuard(keep=True).__enter__()\n"
         "guard.phase = 'after'\n"
         "guard.finish(3)\n"
@@ -501,7 +501,7 @@ def truncate(step_dir: Path) -> None:
 
 
 def test_saved_steps_carry_checksums_of_their_files(stopped_run):
-    from src.utils.checkpoint import file_digests
+    from src.training.run.checkpoint import file_digests
 
     for step_dir in [stopped_run / "model_last" / "20", stopped_run / "model_last" / "30"]:
         listed = read_json(step_dir / "checksums.json")["sha256"]
@@ -609,7 +609,7 @@ def test_a_failed_best_save_is_not_claimed_by_the_record(tmp_path, monkeypatch, 
 def test_orbax_error_logs_about_a_full_disk_are_dropped(tmp_path, caplog):
     import logging
 
-    from src.utils.checkpoint import make_manager
+    from src.training.run.checkpoint import make_manager
 
     make_manager(tmp_path / "m", 1).close()
     absl = logging.getLogger("absl")
@@ -746,8 +746,8 @@ def test_sigterm_to_sweep_py_stops_its_trials_and_a_rerun_resumes_them(tmp_path)
     import yaml
 
     from src.experiments.spec import expand, load_sweep
+    from src.training.run.rundir import holder
     from src.utils.config import parse_override
-    from src.utils.rundir import holder
     from tests.helpers import run_script, script_env
 
     overrides = {**dict(parse_override(o) for o in TINY), "training.epochs": 3}

@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from src.models.registry import build_model, latent_groups
+from src.training.device.parallel import make_mesh
 from src.training.losses import iwae_bound, vae_terms
 from src.training.optim import build_optimizer
 from src.training.setup import build_train_step
@@ -25,7 +26,6 @@ from src.training.state import init_state, split_model
 from src.training.step import iwae_grads
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
-from src.utils.parallel import make_mesh
 from tests.helpers import (
     BASELINE,
     REPO,
@@ -375,7 +375,7 @@ def test_sigterm_then_resume_is_bit_exact(tmp_path, hier_run, monkeypatch):
 
     from src.training.entry import resume_config
     from src.training.loop import train_and_evaluate
-    from src.utils.rundir import prepare, run_paths
+    from src.training.run.rundir import prepare, run_paths
 
     at_batch(monkeypatch, 33, lambda: os.kill(os.getpid(), signal.SIGTERM))
     record = train(tmp_path, "x", HIER_TINY)[0]

@@ -2,6 +2,9 @@
 
 utils <- data <- models <- training <- evaluation <- experiments: training validates with its
 own pass (src/training/validation.py), evaluation builds on training but not on its loop.
+Inside training, the run's lifecycle (src/training/run/) and the device code
+(src/training/device/) sit below the rest: they import only src.utils and each other. src/utils/
+holds the generic helpers and imports no JAX.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ from tests.helpers import REPO
 SRC = REPO / "src"
 
 
-def imports(path: Path) -> set[str]:
-    """The src modules path imports, at the top or inside functions."""
+def imports(path: Path, prefix: str = "src.") -> set[str]:
+    """The modules under prefix that path imports, at the top or inside functions."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-    return {m for m in found if m.startswith("src.")}
+    return {m for m in found if m == prefix.rstrip(".") or m.startswith(prefix)}
 
 
 def package_graph() -> dict[str, set[str]]:
@@ -72,6 +75,29 @@ def test_the_src_packages_import_each_other_without_a_cycle():
 def test_evaluation_does_not_import_the_training_loop():
     for path in (SRC / "evaluation").rglob("*.py"):
         assert "src.training.loop" not in imports(path), path
+
+
+def test_the_run_lifecycle_and_device_code_import_only_utils_and_each_other():
+    below = ("src.utils", "src.training.run", "src.training.device")
+    for folder in ("run", "device"):
+        for path in (SRC / "training" / folder).rglob("*.py"):
+            stray = {m for m in imports(path) if not m.startswith(below)}
+            assert not stray, (path, stray)
+
+
+def test_utils_imports_no_jax():
+    for path in (SRC / "utils").rglob("*.py"):
+        for library in ("jax", "flax", "optax", "orbax"):
+            assert not imports(path, library + "."), (path, library)
+
+
+def test_imports_sees_a_jax_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    import jax.numpy as jnp\n")
+    assert imports(module, "jax.") == {"jax.numpy"}
+    module.write_text("import jax\nfrom src.training.run import checkpoint\n")
+    assert imports(module, "jax.") == {"jax"}
+    assert imports(module) == {"src.training.run"}
 
 
 def test_find_cycle_finds_one():

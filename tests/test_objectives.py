@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from src.models.registry import build_model
+from src.training.device.parallel import make_mesh
 from src.training.losses import importance_log_weights, iwae_bound
 from src.training.optim import build_optimizer
 from src.training.setup import build_train_step
@@ -17,7 +18,6 @@ from src.training.state import init_state, split_model
 from src.training.step import iwae_grads
 from src.utils.config import load_config
 from src.utils.errors import ConfigError
-from src.utils.parallel import make_mesh
 from tests.helpers import BASELINE
 
 SHAPE = (4, 4, 1)

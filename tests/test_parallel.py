@@ -19,11 +19,11 @@ import jax
 import numpy as np
 import pytest
 
+from src.training.device.parallel import check_backend, initialize_distributed
+from src.training.run import checkpoint
 from src.training.setup import abstract_train_state
-from src.utils import checkpoint
 from src.utils.config import load_config, load_saved_config
 from src.utils.errors import ConfigError
-from src.utils.parallel import check_backend, initialize_distributed
 from tests.helpers import BASELINE, REPO
 
 RTOL = 1e-5  # float reassociation of the cross-device mean only
@@ -252,7 +252,7 @@ def test_resume_on_another_device_count_continues_the_run(runs, resumed):
 GATHER_WITHOUT_TRANSFERS = """
 import jax, numpy as np
 from src.data.batches import DeviceBatches, gather
-from src.utils.parallel import make_mesh, split_on_devices
+from src.training.device.parallel import make_mesh, split_on_devices
 x = np.random.default_rng(0).uniform(size=(50, 3)).astype(np.float32)
 batches = DeviceBatches(x, jax.random.key(7), 8, 6, split_on_devices(make_mesh(jax.devices())))
 in_call = jax.jit(gather)
@@ -389,7 +389,7 @@ def test_distributed_auto_stays_off_without_a_cluster(monkeypatch):
 
 def test_distributed_auto_needs_several_processes(monkeypatch):
     """A one-task SLURM job stays single-process; a two-task one would initialize."""
-    from src.utils.parallel import detected_process_count
+    from src.training.device.parallel import detected_process_count
 
     slurm = {"SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "node1", "SLURM_PROCID": "0"}
     for name, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"}.items():

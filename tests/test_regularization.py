@@ -11,12 +11,12 @@ from scipy import special, stats
 
 from src.models.likelihoods import Gaussian, categorical_nll, gaussian_nll
 from src.models.registry import build_model
+from src.training.device.parallel import make_mesh
 from src.training.kl import free_bits_kl, kl_weight, kl_weight_from_config
 from src.training.optim import build_optimizer
 from src.training.setup import build_train_step
 from src.training.state import init_state, split_model
 from src.utils.config import load_config
-from src.utils.parallel import make_mesh
 from tests.helpers import BASELINE
 
 

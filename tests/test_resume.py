@@ -23,9 +23,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from src.training.loop import train_and_evaluate
+from src.training.run.rundir import prepare, run_paths
 from src.utils.config import load_config
 from src.utils.errors import StorageError
-from src.utils.rundir import prepare, run_paths
 from tests.helpers import (
     BASELINE,
     REPO,
@@ -275,13 +275,15 @@ def test_a_nonfinite_step_leaves_params_and_optimizer_state(policy, next_step):
     import jax.numpy as jnp
     import optax
 
-    from src.training.step import apply_if_finite
+    from src.training.step import Stability, apply_if_finite
+
+    off = Stability(ema_decay=0.0, skip_grad_norm=0.0)
 
     tx = optax.adam(0.1)
     old = small_state(1.0)
     grads = {"w": jnp.full((3,), 0.5, jnp.float32)}
     bad = {"loss": jnp.float32(np.nan), "grad_norm": jnp.float32(1.0), "kl": jnp.float32(3.0)}
-    state, out = apply_if_finite(tx, old, grads, dict(bad), policy, jnp.bool_(True))
+    state, out = apply_if_finite(tx, old, grads, dict(bad), policy, jnp.bool_(True), off)
     assert int(state.step) == next_step and float(out["nonfinite"]) == 1.0
     for got, want in zip(jax.tree.leaves(state[1:]), jax.tree.leaves(old[1:]), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -289,7 +291,7 @@ def test_a_nonfinite_step_leaves_params_and_optimizer_state(policy, next_step):
     assert float(out["kl"]) == expected_kl
 
     good = {**bad, "loss": jnp.float32(0.5)}
-    state, out = apply_if_finite(tx, old, grads, good, policy, jnp.bool_(True))
+    state, out = apply_if_finite(tx, old, grads, good, policy, jnp.bool_(True), off)
     assert int(state.step) == 8 and float(out["nonfinite"]) == 0.0
     updates, opt_state = tx.update(grads, old.opt_state, old.params)
     want = (optax.apply_updates(old.params, updates), opt_state)
@@ -302,12 +304,14 @@ def test_an_inactive_step_leaves_the_state_as_it_is(policy):
     import jax.numpy as jnp
     import optax
 
-    from src.training.step import apply_if_finite
+    from src.training.step import Stability, apply_if_finite
+
+    off = Stability(ema_decay=0.0, skip_grad_norm=0.0)
 
     old = small_state(1.0)
     grads = {"w": jnp.full((3,), 0.5, jnp.float32)}
     good = {"loss": jnp.float32(0.5), "grad_norm": jnp.float32(1.0)}
-    state, _ = apply_if_finite(optax.adam(0.1), old, grads, good, policy, jnp.bool_(False))
+    state, _ = apply_if_finite(optax.adam(0.1), old, grads, good, policy, jnp.bool_(False), off)
     for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(old), strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -395,7 +399,7 @@ def test_bad_resume_flags_exit_2(tmp_path, args, message):
 
 
 def test_storage_failures_are_recognised_when_wrapped():
-    from src.utils.checkpoint import is_storage_failure
+    from src.training.run.checkpoint import is_storage_failure
 
     wrapped = ValueError('RESOURCE_EXHAUSTED: Failed writing: "x": No space left on device')
     assert is_storage_failure(wrapped) and is_storage_failure(PermissionError(13, "denied"))

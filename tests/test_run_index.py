@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-from src.utils import provenance, run_index
+from src.training.run import provenance, run_index
 
 WRITERS, ROWS = 4, 50
 

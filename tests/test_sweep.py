@@ -55,7 +55,7 @@ def test_run_ids_are_stable_unique_and_valid(tmp_path):
     assert ids == [t.run_id for t in expand(load_sweep(path))]  # derived, not random
     assert len(set(ids)) == 4
     assert ids[0].startswith("s-beta-1.0_hidden_dims32x16-")
-    from src.utils.rundir import RUN_ID
+    from src.training.run.rundir import RUN_ID
 
     assert all(RUN_ID.match(i) for i in ids)
     # The fixed overrides define the trial too: changing them gives new ids.

@@ -70,7 +70,7 @@ def test_tensorboard_is_a_dependency_and_reads_the_run_logs(tmp_path: Path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from src.utils.recorder import Recorder
+    from src.training.run.recorder import Recorder
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = {

@@ -140,7 +140,7 @@ def test_saved_config_is_plain_yaml(tmp_path, tiny_overrides):
 
 def _recorder(tmp_path: Path, tensorboard: bool, write_every_secs: float, resume: bool = False):
     """A writing Recorder in tmp_path (metrics.json, logs/), console off."""
-    from src.utils.recorder import Recorder
+    from src.training.run.recorder import Recorder
 
     return Recorder(
         tmp_path / "metrics.json",
@@ -174,7 +174,7 @@ def test_records_are_written_at_most_every_write_interval(tmp_path):
 def test_written_history_is_encoded_afresh_after_truncate_and_resume(tmp_path):
     """The Recorder keeps each record's encoded line; the file must stay what encoding the
     whole record now would give, after a truncation and in a resumed Recorder."""
-    from src.utils.recorder import metrics_text
+    from src.training.run.recorder import metrics_text
 
     path = tmp_path / "metrics.json"
     recorder = _recorder(tmp_path, tensorboard=False, write_every_secs=0.0)
@@ -243,7 +243,7 @@ def test_tensorboard_takes_non_finite_vectors(tmp_path):
 
 
 def test_metrics_text_is_the_json_of_the_record():
-    from src.utils.recorder import metrics_text
+    from src.training.run.recorder import metrics_text
 
     records: list[dict[str, Any]] = [
         {"run_id": "r", "best": None, "final": {}, "history": []},

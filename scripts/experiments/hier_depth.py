@@ -29,9 +29,9 @@ def measure(depth: int, body: str, overrides: list[str]) -> dict[str, float]:
     import jax
 
     from src.data.pipeline import load_splits
+    from src.training.device.parallel import make_mesh
     from src.training.setup import build_state, build_train_step
     from src.utils.config import load_config
-    from src.utils.parallel import make_mesh
 
     cfg = load_config(
         REPO / "configs" / "experiment" / "baseline.yaml",

@@ -25,15 +25,15 @@ from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
 from src.models.registry import latent_groups, latent_units
+from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
+from src.training.run import checkpoint
 from src.training.setup import abstract_train_state, derive_keys
-from src.training.state import TrainState
+from src.training.state import TrainState, eval_params
 from src.training.step import make_eval_step
 from src.training.validation import evaluate_split, on_devices
-from src.utils import checkpoint
 from src.utils.config import config_hash, load_saved_config, parse_override
 from src.utils.errors import ConfigError, RunDirError, StorageError
 from src.utils.io import atomic_write_json, read_json
-from src.utils.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
 
 CHECKPOINTS = {"best": "model_best", "last": "model_last"}
 SPLITS = ("train", "val", "test")
@@ -378,14 +378,15 @@ def evaluate_run(
     check_eval_batch(cfg.eval.batch_size, mesh)
     state, meta = restore_state(run_dir, checkpoint_name, abstract, replicated(mesh))
 
-    metrics, post = compute_metrics(cfg, graphdef, state.params, x, keys, mesh)
+    params = eval_params(state, cfg.eval.use_ema)
+    metrics, post = compute_metrics(cfg, graphdef, params, x, keys, mesh)
     arrays = None
     hierarchical = "group_sizes" in metrics
     if cfg.eval.figures and hierarchical:
-        arrays = hierarchical_figure_arrays(cfg, graphdef, state.params, x, keys["figures"])
+        arrays = hierarchical_figure_arrays(cfg, graphdef, params, x, keys["figures"])
     elif cfg.eval.figures:
         arrays = figure_arrays(
-            cfg, graphdef, state.params, x, post, metrics["kl_per_dim"], keys["figures"]
+            cfg, graphdef, params, x, post, metrics["kl_per_dim"], keys["figures"]
         )
     record = {
         "run_id": run_dir.name,

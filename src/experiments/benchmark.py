@@ -37,16 +37,16 @@ from flax import nnx
 
 from src.data.pipeline import load_splits
 from src.models.registry import build_model
+from src.training.device.parallel import make_mesh, replicated, split_on_devices
 from src.training.loop import train_and_evaluate
 from src.training.losses import vae_terms
 from src.training.optim import build_optimizer
+from src.training.run import checkpoint
+from src.training.run.rundir import prepare, run_paths
 from src.training.setup import Setup, derive_keys, setup
 from src.training.state import param_count, split_model
-from src.utils import checkpoint
 from src.utils.config import CONFIG_ROOT, apply_overrides, freeze, read_yaml, to_plain, validate
 from src.utils.errors import ConfigError
-from src.utils.parallel import make_mesh, replicated, split_on_devices
-from src.utils.rundir import prepare, run_paths
 
 
 def matmul_ceiling(size: int, repeats: int) -> dict[str, float]:

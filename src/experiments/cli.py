@@ -11,11 +11,11 @@ from pathlib import Path
 
 from src.experiments import experiment_log, runner, summary
 from src.experiments.spec import REPO_ROOT, Trial, expand, load_sweep
+from src.training.run.run_index import FILE_NAME as RUN_INDEX_FILE
+from src.training.run.run_index import read_rows
 from src.utils.cli import ArgumentParser
 from src.utils.errors import RunDirError, UserError
 from src.utils.io import atomic_write_json
-from src.utils.run_index import FILE_NAME as RUN_INDEX_FILE
-from src.utils.run_index import read_rows
 
 SOME_TRIALS_FAILED = 1
 

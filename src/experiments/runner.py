@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from src.experiments.spec import REPO_ROOT, SweepSpec, Trial
+from src.training.run.rundir import holder, run_paths
 from src.utils.config import config_hash, load_config
 from src.utils.errors import ConfigError, RunDirError, StorageError, UserError
 from src.utils.io import read_json
-from src.utils.rundir import holder, run_paths
 
 TRAIN_SCRIPT = REPO_ROOT / "scripts" / "train.py"
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

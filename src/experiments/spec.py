@@ -28,9 +28,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
+from src.training.run.rundir import RUN_ID
 from src.utils.config import CONFIG_ROOT, deep_merge, nest, read_yaml, unknown_key_hint
 from src.utils.errors import ConfigError
-from src.utils.rundir import RUN_ID
 
 REPO_ROOT = CONFIG_ROOT.parent
 SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "combine", "random", "seeds", "metric")

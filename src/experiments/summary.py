@@ -18,9 +18,9 @@ import numpy as np
 
 from src.experiments.runner import Outcome
 from src.experiments.spec import METRICS, SEED_KEY, SweepSpec, Trial, format_value
+from src.training.run.run_index import FILE_NAME, read_rows
+from src.training.run.rundir import run_paths
 from src.utils.io import atomic_write_text, read_json
-from src.utils.run_index import FILE_NAME, read_rows
-from src.utils.rundir import run_paths
 
 # The plottable metrics (spec.METRICS, best_value first) with the best record's name and step.
 RESULT_COLUMNS = ("best_metric", METRICS[0], "best_step", *METRICS[1:])

@@ -16,18 +16,18 @@ import jax
 
 from src.data.batches import fits_on_device
 from src.data.pipeline import load_splits, steps_per_epoch
-from src.training.setup import build_state, build_train_step
-from src.training.state import param_bytes, param_count
-from src.utils.config import config_hash
-from src.utils.console import number, param_table, size
-from src.utils.parallel import (
+from src.training.device.parallel import (
     check_eval_batch,
     make_mesh,
     replicated,
     select_devices,
     split_on_devices,
 )
-from src.utils.rundir import RunPaths
+from src.training.run.console import number, param_table, size
+from src.training.run.rundir import RunPaths
+from src.training.setup import build_state, build_train_step
+from src.training.state import param_bytes, param_count
+from src.utils.config import config_hash
 
 
 def si(value: float, unit: str) -> str:

@@ -7,6 +7,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from src.training.run.rundir import (
+    Replacement,
+    RunPaths,
+    default_run_id,
+    lock_run,
+    prepare,
+    run_paths,
+)
+from src.training.run.signals import CommandGuard, Interrupted
 from src.utils.cli import (
     NONFINITE_STATUS,
     USER_ERROR_STATUS,
@@ -25,15 +34,6 @@ from src.utils.config import (
 from src.utils.errors import ConfigError, RunDirError, RunError, UserError
 from src.utils.io import guarded_console, read_json
 from src.utils.reproducibility import configure_determinism
-from src.utils.rundir import (
-    Replacement,
-    RunPaths,
-    default_run_id,
-    lock_run,
-    prepare,
-    run_paths,
-)
-from src.utils.signals import CommandGuard, Interrupted
 
 # Keys that may differ when resuming: they change how long the run is, where it runs (the
 # checkpoint does not depend on the device count) or how fast, not what it computes.
@@ -207,7 +207,9 @@ def writes_run_folder(parallel: Any) -> bool:
         return True
     if parallel.process_id >= 0:
         return bool(parallel.process_id == 0)
-    from src.utils.parallel import detected_cluster  # imports JAX: not for every command line
+    from src.training.device.parallel import (
+        detected_cluster,  # imports JAX: not for every command line
+    )
 
     env = detected_cluster()
     return env is None or bool(env.get_process_id() == 0)
@@ -287,8 +289,8 @@ def _main(argv: Sequence[str]) -> int:
                     return 0
 
             configure_determinism(cfg.compile.deterministic_gpu)  # before JAX starts a backend
+            from src.training.device.compilation import enable_cache
             from src.training.loop import train_and_evaluate
-            from src.utils.compilation import enable_cache
 
             enable_cache(cfg.compile)  # before the first compilation
 

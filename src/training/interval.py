@@ -23,24 +23,30 @@ class Interval(NamedTuple):
 
 
 EMPTY = Interval(None, 0, 0.0)
+COUNTS = ("nonfinite", "skipped_grad_norm")  # step flags whose sums are counts, not means
 
 
 def means(sums: dict[str, Any], count: int) -> dict[str, Any]:
-    """Per-step means over the steps whose update was applied, plus skipped_steps (a count).
+    """Per-step means over the steps with finite metrics, plus the counts skipped_steps (updates
+    dropped) and, with training.skip_grad_norm on, skipped_grad_norm (of those, the ones dropped
+    for a large gradient norm, whose finite metrics are in the means).
 
     Args:
-      sums: host copies of Interval.sums; sums["nonfinite"] counts the dropped steps, whose
-        other metrics the step zeroed.
+      sums: host copies of Interval.sums; sums["nonfinite"] counts the non-finite steps, whose
+        other metrics the step zeroed; sums["skipped_grad_norm"], if present, the others.
       count: steps in the interval.
     """
-    skipped = int(sums["nonfinite"])
-    applied = count - skipped
+    nonfinite = int(sums["nonfinite"])
+    applied = count - nonfinite
     out: dict[str, Any] = {
         k: v / applied if applied else np.full_like(v, np.nan)
         for k, v in sums.items()
-        if k != "nonfinite"
+        if k not in COUNTS
     }
-    out["skipped_steps"] = skipped
+    large = int(sums.get("skipped_grad_norm", 0))
+    out["skipped_steps"] = nonfinite + large
+    if "skipped_grad_norm" in sums:
+        out["skipped_grad_norm"] = large
     return out
 
 

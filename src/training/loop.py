@@ -18,28 +18,28 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from src.training import interval as accum
-from src.training.kl import kl_weight_from_config
-from src.training.multistep import make_multi_step, steps_until_boundary
-from src.training.setup import Setup, setup
-from src.training.state import TrainState, param_bytes, param_count
-from src.training.step import Objective
-from src.training.validation import evaluate_split
-from src.utils import checkpoint, provenance, run_index
-from src.utils.config import config_hash, save_config
-from src.utils.console import Console, start_console
-from src.utils.errors import ConfigError, RunDirError
-from src.utils.io import atomic_write_json, read_json
-from src.utils.parallel import (
+from src.training.device.parallel import (
     from_backend,
     initialize_distributed,
     replicated,
     split_on_devices,
     to_backend,
 )
-from src.utils.profiling import StepProfiler
-from src.utils.recorder import Recorder, is_better
-from src.utils.rundir import RunPaths
-from src.utils.signals import StopRequest
+from src.training.kl import kl_weight_from_config
+from src.training.multistep import make_multi_step, steps_until_boundary
+from src.training.run import checkpoint, provenance, run_index
+from src.training.run.console import Console, start_console
+from src.training.run.profiling import StepProfiler
+from src.training.run.recorder import Recorder, is_better
+from src.training.run.rundir import RunPaths
+from src.training.run.signals import StopRequest
+from src.training.setup import Setup, setup
+from src.training.state import TrainState, eval_params, param_bytes, param_count
+from src.training.step import Objective
+from src.training.validation import evaluate_split
+from src.utils.config import config_hash, save_config
+from src.utils.errors import ConfigError, RunDirError
+from src.utils.io import atomic_write_json, read_json
 
 
 class TrainRecord(NamedTuple):
@@ -355,8 +355,8 @@ def write_train_record(run: Run, p: Progress, record: TrainRecord) -> None:
     if skipped > tcfg.max_skipped_fraction * record.step and p.diverged is None:
         p.diverged = {
             "step": record.step,
-            "reason": f"{skipped} of {record.step} steps skipped (non-finite), more than "
-            f"training.max_skipped_fraction={tcfg.max_skipped_fraction}",
+            "reason": f"{skipped} of {record.step} steps skipped ({skip_causes(tcfg)}), "
+            f"more than training.max_skipped_fraction={tcfg.max_skipped_fraction}",
         }
 
 
@@ -367,7 +367,7 @@ def validate(run: Run, p: Progress) -> None:
     canonical = run.canonical(p.state)
     metrics = evaluate_split(
         parts.eval_step,
-        canonical.params,
+        eval_params(canonical, cfg.eval.use_ema),
         parts.splits.val,
         cfg.eval.batch_size,
         parts.keys["eval"],
@@ -484,8 +484,15 @@ def applied_steps(state: Any) -> int:
     return int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
 
 
+def skip_causes(tcfg: Any) -> str:
+    """Why steps are skipped, for the divergence reason."""
+    if tcfg.skip_grad_norm > 0:
+        return f"non-finite, or gradient norm >= training.skip_grad_norm={tcfg.skip_grad_norm}"
+    return "non-finite"
+
+
 def total_skipped(history: list[dict[str, Any]]) -> int:
-    """Steps dropped by nan_policy skip so far, from the train records."""
+    """Updates dropped so far (non-finite, or a large gradient norm), from the train records."""
     return int(sum(r.get("skipped_steps", 0) for r in history if r["split"] == "train"))
 
 

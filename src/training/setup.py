@@ -17,10 +17,7 @@ from jax.sharding import Mesh
 from src.data.batches import DeviceBatches, StreamedBatches, make_batches
 from src.data.pipeline import Splits, load_splits, steps_per_epoch
 from src.models.registry import build_model, latent_groups, latent_units
-from src.training.optim import build_optimizer
-from src.training.state import TrainState, init_state, split_model
-from src.training.step import Objective, StepFn, make_eval_step, make_train_step
-from src.utils.parallel import (
+from src.training.device.parallel import (
     check_backend,
     check_eval_batch,
     make_mesh,
@@ -28,6 +25,9 @@ from src.utils.parallel import (
     select_devices,
     split_on_devices,
 )
+from src.training.optim import build_optimizer
+from src.training.state import TrainState, init_state, split_model
+from src.training.step import Objective, Stability, StepFn, make_eval_step, make_train_step
 from src.utils.reproducibility import seed_host_rngs
 
 
@@ -106,9 +106,11 @@ def build_state(
         model = build_model(cfg.model, image_shape, nnx.Rngs(params=init_key))
     graphdef, params = split_model(model)
     tx, schedule = build_optimizer(cfg.optimizer, cfg.training.lr, total_steps)
+    with_ema = cfg.training.ema.decay > 0
     if init_key is None:
-        return graphdef, tx, schedule, jax.eval_shape(lambda p: init_state(p, tx), params)
-    return graphdef, tx, schedule, init_state(params, tx)
+        abstract = jax.eval_shape(lambda p: init_state(p, tx, with_ema), params)
+        return graphdef, tx, schedule, abstract
+    return graphdef, tx, schedule, init_state(params, tx, with_ema)
 
 
 def abstract_train_state(
@@ -148,4 +150,5 @@ def build_train_step(
         dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,
         objective=Objective.from_config(tcfg),
+        stability=Stability.from_config(tcfg),
     )

@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from src.data.pipeline import binarize
+from src.training.device.parallel import AXIS, split_on_devices
 from src.training.kl import free_bits_kl, kl_weight_from_config
 from src.training.losses import (
     decoder_log_probs,
@@ -49,8 +50,7 @@ from src.training.losses import (
     log_normal_diag,
     vae_terms,
 )
-from src.training.state import TrainState
-from src.utils.parallel import AXIS, split_on_devices
+from src.training.state import TrainState, update_ema
 
 DROPOUT_STREAM = 1  # fold_in tag of the dropout key; the noise keys come from split(key)
 StepFn = Callable[  # (state, batch, key, active: a bool scalar or Python bool)
@@ -77,6 +77,17 @@ class Objective(NamedTuple):
     def describe(self) -> str:
         """'elbo' or 'iwae k=5 (dreg)', for the run record."""
         return f"iwae k={self.samples} ({self.gradient})" if self.is_iwae else "elbo"
+
+
+class Stability(NamedTuple):
+    """The stability kit of deep VAEs: training.ema.decay and training.skip_grad_norm (0: off)."""
+
+    ema_decay: float  # EMA of the params after each applied update (state.ema)
+    skip_grad_norm: float  # drop updates whose gradient norm is at least this
+
+    @classmethod
+    def from_config(cls, training: Any) -> Stability:
+        return cls(float(training.ema.decay), float(training.skip_grad_norm))
 
 
 def draw_noise(
@@ -258,10 +269,16 @@ def apply_if_finite(
     metrics: dict[str, jax.Array],
     nan_policy: str,
     active: jax.Array | bool,
+    stability: Stability,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The optimizer update of state by grads, applied only when loss and grad_norm are finite
     and `active` (a bool scalar) is true. An inactive step returns state unchanged: the no-op
     steps after a stop (src/training/multistep.py).
+
+    stability.skip_grad_norm > 0 also drops a finite update whose gradient norm is at least
+    that (VDVAE's skip_threshold; Child 2021): the step counter advances, its metrics are kept,
+    and metrics["skipped_grad_norm"] (float32 0 or 1) counts it. stability.ema_decay > 0
+    updates state.ema after each applied update (update_ema).
 
     nan_policy "skip": the step counter still advances (the next step sees the next batch and
     key) and the metrics of the dropped step are zeroed, so interval sums stay finite.
@@ -279,20 +296,26 @@ def apply_if_finite(
     """
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     apply = finite & active
-
-    def update(state: TrainState) -> tuple[Any, Any]:
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), opt_state
-
-    params, opt_state = jax.lax.cond(
-        apply, update, lambda state: (state.params, state.opt_state), state
-    )
     advance = apply if nan_policy == "stop" else active
+    if stability.skip_grad_norm > 0:
+        large = finite & (metrics["grad_norm"] >= stability.skip_grad_norm)
+        apply = apply & jnp.logical_not(large)
+
+    def update(state: TrainState) -> tuple[Any, Any, Any]:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return params, opt_state, update_ema(state.ema, params, stability.ema_decay)
+
+    params, opt_state, ema = jax.lax.cond(
+        apply, update, lambda state: (state.params, state.opt_state, state.ema), state
+    )
     step = jnp.where(advance, state.step + 1, state.step)
     if nan_policy == "skip":
         metrics = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), metrics)
     metrics["nonfinite"] = jnp.logical_not(finite).astype(jnp.float32)
-    return TrainState(step, params, opt_state), metrics
+    if stability.skip_grad_norm > 0:
+        metrics["skipped_grad_norm"] = (large & active).astype(jnp.float32)
+    return TrainState(step, params, opt_state, ema), metrics
 
 
 def make_train_step(
@@ -307,6 +330,7 @@ def make_train_step(
     dynamic_binarize: bool,
     nan_policy: str,
     objective: Objective,
+    stability: Stability,
 ) -> StepFn:
     """Builds the compiled step for `backend` (jit | shard_map | pmap); the state is donated.
 
@@ -322,7 +346,7 @@ def make_train_step(
     (beta 1, no warm-up or free bits: checked with the config).
 
     A step whose loss or gradient norm is not finite is dropped (see apply_if_finite) and
-    flagged with metrics["nonfinite"] = 1.
+    flagged with metrics["nonfinite"] = 1; stability: EMA and update skipping (Stability).
     """
     samples = objective.samples if objective.is_iwae else 1
 
@@ -354,7 +378,7 @@ def make_train_step(
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         metrics["kl_weight"] = weight
-        return apply_if_finite(tx, state, grads, metrics, nan_policy, active)
+        return apply_if_finite(tx, state, grads, metrics, nan_policy, active, stability)
 
     def on_global_batch(body: Callable) -> StepFn:
         """(state, batch, key, active) -> body(state, x, eps, dropout_key, active), noise drawn

@@ -1,1 +1,5 @@
-"""Config, I/O, logging, seeding and provenance helpers. Importing this package never imports JAX."""
+"""Generic helpers: config loading, errors, atomic I/O, command lines, determinism settings.
+
+No module here imports JAX (tests/test_layers.py); the run's lifecycle is src/training/run/ and the
+device code src/training/device/.
+"""

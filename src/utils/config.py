@@ -70,6 +70,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "training.kl.beta",
+    "training.skip_grad_norm",
     "training.kl.warmup_steps",
     "training.kl.free_bits",
     "optimizer.weight_decay",
@@ -348,6 +349,9 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("training.kl.cycle_ramp must be in (0, 1], got 0")
     check_objective(cfg["training"])
     check_hierarchical(cfg["model"], cfg["training"], cfg["eval"])
+    decay = cfg["training"]["ema"]["decay"]
+    if not 0.0 <= decay < 1.0:
+        raise ConfigError(f"training.ema.decay must be in [0, 1) (0 = off), got {decay!r}")
     if cfg["parallel"]["process_id"] < -1:
         raise ConfigError(
             f"parallel.process_id must be >= 0, or -1 to detect it; got {cfg['parallel']['process_id']}"

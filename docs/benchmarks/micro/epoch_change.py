@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 from src.data.batches import DeviceBatches  # noqa: E402
-from src.utils.parallel import make_mesh, split_on_devices  # noqa: E402
+from src.training.device.parallel import make_mesh, split_on_devices  # noqa: E402
 
 x = np.random.default_rng(0).random((1437, 64), dtype=np.float32)
 batches = DeviceBatches(x, jax.random.key(0), 64, 22, split_on_devices(make_mesh(jax.devices())))

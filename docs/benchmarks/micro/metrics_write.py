@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, ".")
+from src.training.run.recorder import encode_json, metrics_text  # noqa: E402
 from src.utils.io import atomic_write_text  # noqa: E402
-from src.utils.recorder import encode_json, metrics_text  # noqa: E402
 
 
 def record(step: int, split: str) -> dict:

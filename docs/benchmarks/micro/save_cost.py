@@ -23,8 +23,8 @@ configure_determinism(True)  # compile.deterministic_gpu, the default
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
+from src.training.run import checkpoint  # noqa: E402
 from src.training.setup import setup  # noqa: E402
-from src.utils import checkpoint  # noqa: E402
 from src.utils.config import load_config  # noqa: E402
 
 cfg = load_config(f"configs/experiment/{sys.argv[1]}.yaml")

@@ -16,7 +16,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 sys.path.insert(0, ".")
-from src.utils.recorder import Recorder  # noqa: E402
+from src.training.run.recorder import Recorder  # noqa: E402
 
 RECORD = {
     **dict.fromkeys(["elbo", "grad_norm", "kl", "kl_weight", "loss", "lr", "recon"], 1.5),

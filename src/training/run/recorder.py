@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from src.utils.console import Console
+from src.training.run.console import Console
 from src.utils.errors import StorageError
 from src.utils.io import atomic_write_text, read_json
 

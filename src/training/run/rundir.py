@@ -170,7 +170,7 @@ class Replacement:
     def commit(self) -> None:
         """The new run has started: the old folders go (the run folder's rename is the commit
         point; the others follow)."""
-        from src.utils import run_index
+        from src.training.run import run_index
 
         moved, self.moved = self.moved, []
         for folder, aside in moved:

@@ -130,7 +130,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
         manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(jax.device_get(state)),
+                state=ocp.args.StandardSave(jax.device_get(saved_tree(state))),
                 meta=ocp.args.JsonSave(meta),
             ),
             force=True,
@@ -291,12 +291,26 @@ def restore(
             restored = manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(saved_tree(abstract_state)),
+                    meta=ocp.args.JsonRestore(),
                 ),
             )
     except Exception as e:
         raise CorruptStep(folder, f"does not read back: {_first_line(e)}") from e
-    return restored["state"], restored["meta"]
+    state = restored["state"]
+    if hasattr(abstract_state, "_fields"):  # the NamedTuple that saved_tree took apart
+        state = type(abstract_state)(**state)
+    return state, restored["meta"]
+
+
+def saved_tree(state: Any) -> Any:
+    """What a checkpoint holds of state: a NamedTuple (the TrainState) as the mapping of its
+    fields, less those that are None (an optional part that is off, e.g. the EMA), so adding such
+    a part changes nothing on disk for the runs that do not use it and older runs still restore.
+    """
+    if not hasattr(state, "_fields"):
+        return state
+    return {k: v for k, v in state._asdict().items() if v is not None}
 
 
 def restore_newest(

@@ -39,7 +39,7 @@ _compile_seconds = [0.0]  # since the listener was registered, all threads
 _listening = [False]
 
 # Shown once in the header, then on a line only when the value changes.
-SLOW_KEYS = ("kl_weight", "lr", "skipped_steps", "num_examples")
+SLOW_KEYS = ("kl_weight", "lr", "skipped_steps", "skipped_grad_norm", "num_examples")
 # Shown first, in this order; the other scalars follow in the record's order.
 FIRST_KEYS = ("loss", "elbo", "recon", "kl", "grad_norm", "active_units")
 HIDDEN_KEYS = ("step", "split", "examples_per_sec")

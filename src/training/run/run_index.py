@@ -73,7 +73,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _row(run_dir: Path, record: dict[str, Any], event: str, started_at: str) -> dict[str, Any]:
-    from src.utils.provenance import git_state
+    from src.training.run.provenance import git_state
 
     git = git_state()
     best = record.get("best") or {}
