@@ -454,3 +454,20 @@ def test_backends_and_device_counts_agree(tmp_path):
         for u, v in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
             u = np.asarray(u)
             np.testing.assert_allclose(u.reshape(np.asarray(v).shape), v, rtol=1e-4, atol=1e-5)
+
+
+def test_dry_run_counts_the_flops_of_every_scanned_block():
+    """XLA counts a loop body once; the dry run counts the unrolled stack, so FLOPs grow with
+    the number of groups (8 groups of the stage against 2: several times the block's work)."""
+    from src.training.device.parallel import make_mesh
+    from src.training.dry_run import step_analysis
+    from src.training.setup import build_state
+
+    def flops(groups: int) -> float:
+        cfg = hier_cfg("top_down", "mlp", f"model.hierarchical.groups=[{groups},1]")
+        graphdef, tx, schedule, state = build_state(cfg, SHAPE, 10, None)
+        mesh = make_mesh(jax.devices()[:1])
+        example = np.zeros(SHAPE, np.float32)
+        return step_analysis(cfg, graphdef, state, tx, schedule, mesh, example)[0]["flops"]
+
+    assert flops(8) > 2.5 * flops(2)

@@ -7,11 +7,27 @@ deep hierarchy does not grow with its depth.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 from flax import nnx
+
+# XLA's cost analysis counts a loop body once, whatever its trip count: the dry run traces the
+# step once more with the stacks unrolled to count their FLOPs (see unrolled).
+_UNROLL = {"on": False}
+
+
+@contextlib.contextmanager
+def unrolled() -> Iterator[None]:
+    """Within the block, stacks traced by Stack.scan are fully unrolled (same numbers, one
+    copy of the block per layer in the program): for FLOP counts, not for training."""
+    _UNROLL["on"] = True
+    try:
+        yield
+    finally:
+        _UNROLL["on"] = False
 
 
 class Stack(nnx.Module):
@@ -41,7 +57,9 @@ class Stack(nnx.Module):
             params, x = inputs
             return fn(nnx.merge(graphdef, params), c, x)
 
-        return jax.lax.scan(body, carry, (state, xs), reverse=reverse)
+        return jax.lax.scan(
+            body, carry, (state, xs), reverse=reverse, unroll=True if _UNROLL["on"] else 1
+        )
 
     def block(self, i: int) -> nnx.Module:
         """Block i alone (its slice of the stacked parameters), for code that walks the stack
