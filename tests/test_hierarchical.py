@@ -192,6 +192,20 @@ def train_steps(cfg, steps: int = 3) -> tuple[list[dict], dict]:
     return metrics, jax.device_get(state.params)
 
 
+@pytest.mark.parametrize("structure, body", list(BODIES))
+def test_dmol_likelihood_sizes_the_decoder_and_trains(structure, body):
+    """The decoder's width comes from the likelihood's decoder_channels (DMOL's is not
+    C * params_per_pixel: 3 numbers per component for one channel, here 4 * 3), and a few steps
+    train to finite numbers."""
+    dmol = ["model.likelihood=dmol", "model.dmol.levels=17", "model.dmol.mixtures=4"]
+    cfg = hier_cfg(structure, body, *dmol)
+    model = nnx.eval_shape(lambda: build_model(cfg.model, SHAPE, nnx.Rngs(0)))
+    assert model.net.out_shape == (*SHAPE[:2], 4 * 3)
+    metrics, params = train_steps(cfg, steps=3)
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
 def test_iwae_with_one_sample_is_the_elbo_bit_for_bit():
     elbo, elbo_params = train_steps(hier_cfg("top_down", "mlp"), steps=2)
     iwae, iwae_params = train_steps(

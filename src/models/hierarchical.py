@@ -523,7 +523,7 @@ def build_hierarchical(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> 
     h = cfg.hierarchical
     stages = plan_stages(h, image_shape)
     likelihood = build_likelihood(cfg, image_shape)
-    out_channels = int(image_shape[2]) * likelihood.params_per_pixel
+    out_channels = likelihood.decoder_channels(int(image_shape[2]))
     if h.structure == "bottom_up":
         if h.body != "mlp":
             raise ConfigError(
