@@ -148,9 +148,12 @@ def test_elbo_terms_match_the_first_iwae_sample():
     np.testing.assert_allclose(kl0, kl, rtol=1e-5, atol=1e-6)
 
 
-def test_one_bottom_up_group_is_the_plain_mlp_vae():
+@pytest.mark.parametrize("scale_param", ["exp", "softplus"])
+def test_one_bottom_up_group_is_the_plain_mlp_vae(scale_param):
     """groups [1], widths [W], depth d with the plain VAE's weights: the same recon, KL and
-    importance weights, so the family adds structure, not a different one-layer model."""
+    importance weights, so the family adds structure, not a different one-layer model (with
+    either model.scale_param: the posterior's scale is parameterized as the plain VAE's)."""
+    scale = [f"model.scale_param={scale_param}", "model.scale_floor=0.01"]
     hier = hier_cfg(
         "bottom_up",
         "mlp",
@@ -158,10 +161,16 @@ def test_one_bottom_up_group_is_the_plain_mlp_vae():
         "model.hierarchical.group_dims=[3]",
         "model.hierarchical.widths=[16]",
         "model.hierarchical.depth=2",
+        *scale,
     )
     plain = load_config(
         BASELINE,
-        overrides=["model.hidden_dims=[16,16]", "model.latent_dim=3", "model.activation=tanh"],
+        overrides=[
+            "model.hidden_dims=[16,16]",
+            "model.latent_dim=3",
+            "model.activation=tanh",
+            *scale,
+        ],
     )
     h_graph, h_params = split_model(build_model(hier.model, SHAPE, nnx.Rngs(0)))
     p_graph, p_params = split_model(build_model(plain.model, SHAPE, nnx.Rngs(1)))
@@ -204,6 +213,28 @@ def test_dmol_likelihood_sizes_the_decoder_and_trains(structure, body):
     metrics, params = train_steps(cfg, steps=3)
     assert all(np.isfinite(m["loss"]) for m in metrics)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("structure, body", list(BODIES))
+def test_softplus_scale_floors_every_posterior_std_and_trains(structure, body):
+    """model.scale_param=softplus reaches the posterior heads: with a floor of 2, every std of
+    the top group is above 2, and as its prior is N(0, I), KL = -log s + (s^2 + m^2) / 2 - 1/2
+    >= 2 - log 2 - 1/2 per unit; under exp (std near 1 at initialisation) it is not. A few
+    steps train to finite numbers."""
+
+    def top_kl(scale_param: str) -> float:
+        cfg = hier_cfg(structure, body, f"model.scale_param={scale_param}", "model.scale_floor=2.0")
+        model = build_model(cfg.model, SHAPE, nnx.Rngs(0))
+        groups = latent_groups(cfg.model, SHAPE) or ()
+        _, kl, _ = model.elbo_terms(binary_images(4), jnp.zeros((4, sum(groups))))
+        return float(kl[:, -groups[-1] :].min())
+
+    bound = 2.0 - np.log(2.0) - 0.5
+    assert top_kl("softplus") >= bound - 1e-5
+    assert top_kl("exp") < bound
+    cfg = hier_cfg(structure, body, "model.scale_param=softplus", "model.scale_floor=2.0")
+    metrics, _ = train_steps(cfg, steps=3)
+    assert all(np.isfinite(m["loss"]) for m in metrics)
 
 
 def test_iwae_with_one_sample_is_the_elbo_bit_for_bit():

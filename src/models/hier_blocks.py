@@ -16,12 +16,26 @@ from flax.nnx.nn.linear import default_kernel_init
 from src.models.gaussian import kl_normal, log_normal, log_normal_at_own_sample
 from src.models.hier_plan import Stage
 from src.models.mlp import ACTIVATIONS
+from src.models.posterior import posterior_logvar
 
 
 def split_gaussian(h: jax.Array, dim: int) -> tuple[jax.Array, jax.Array]:
     """The first 2 * dim channels of h as float32 (mean, logvar)."""
     h = h.astype(jnp.float32)
     return h[..., :dim], h[..., dim : 2 * dim]
+
+
+# How a posterior head's raw scale becomes its log-variance: (model.scale_param,
+# model.scale_floor), as for the plain VAE's encoder (src/models/posterior.py). Priors keep
+# logvar = raw: scale_param is the posterior's parameterization.
+Scale = tuple[str, float]
+
+
+def split_posterior(h: jax.Array, dim: int, scale: Scale) -> tuple[jax.Array, jax.Array]:
+    """split_gaussian for a posterior head: (mean, posterior_logvar(raw, *scale)); with exp the
+    raw output is returned as it is, so exp is split_gaussian bit for bit."""
+    mean, raw = split_gaussian(h, dim)
+    return mean, posterior_logvar(raw, *scale)
 
 
 class Dense(nnx.Module):
@@ -134,7 +148,7 @@ class TopDownBlock(nnx.Module):
 
     From the top-down state s (and the bottom-up activation a of the group's level):
       prior      (p_mean, p_logvar, f) = prior_net(s),  s <- s + f
-      posterior  (q_mean, q_logvar)    = posterior_net([s_in, a])
+      posterior  (q_mean, q_logvar)    = posterior_net([s_in, a])  (q_logvar through scale)
       z = q_mean + e^(q_logvar/2) eps (posterior), or p_mean + T e^(p_logvar/2) eps (prior, T the
       temperature), per group as use_posterior says;  s <- s + proj(z),  s <- res(s).
     Returns the new state, the analytic KL(q || p) per unit, log q(z) - log p(z) of the sample
@@ -148,12 +162,14 @@ class TopDownBlock(nnx.Module):
         bottleneck: float,
         kernel: int,
         activation: str,
+        scale: Scale,
         *,
         rngs: nnx.Rngs,
     ):
         w, d = stage.width, stage.dim
         net = (depth, bottleneck, kernel, activation)
         self.dim = d
+        self.scale = scale
         self.prior = body_net(stage, w, 2 * d + w, *net, False, True, rngs)
         self.posterior = body_net(stage, 2 * w, 2 * d, *net, False, False, rngs)
         self.project = (
@@ -171,8 +187,10 @@ class TopDownBlock(nnx.Module):
     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         prior = self.prior(state)
         p_mean, p_logvar = split_gaussian(prior, self.dim)
-        q_mean, q_logvar = split_gaussian(
-            self.posterior(jnp.concatenate([state, act.astype(state.dtype)], axis=-1)), self.dim
+        q_mean, q_logvar = split_posterior(
+            self.posterior(jnp.concatenate([state, act.astype(state.dtype)], axis=-1)),
+            self.dim,
+            self.scale,
         )
         state = state + prior[..., 2 * self.dim :]
         z_q = q_mean + jnp.exp(0.5 * q_logvar) * eps

@@ -37,10 +37,12 @@ from flax import nnx
 from src.models.gaussian import kl_normal, log_normal, log_normal_at_own_sample
 from src.models.hier_blocks import (
     Dense,
+    Scale,
     TopDownBlock,
     avg_pool,
     body_net,
     split_gaussian,
+    split_posterior,
     upsample,
 )
 from src.models.hier_plan import Stage, group_sizes, plan_stages
@@ -78,23 +80,26 @@ def to_flat(grouped: jax.Array) -> jax.Array:
     return jnp.moveaxis(grouped, 0, 1).reshape(grouped.shape[1], -1)
 
 
-def sampling_step(dim: int):
-    """A scan step over dense conditionals: (block, z_prev, eps) -> (z, (mean, logvar, z)) with
-    (mean, logvar) = block(z_prev) and z = mean + e^(logvar/2) eps."""
+def sampling_step(dim: int, scale: Scale):
+    """A scan step over dense posterior conditionals: (block, z_prev, eps) -> (z, (mean, logvar,
+    z)) with (mean, logvar) = split_posterior(block(z_prev)) and z = mean + e^(logvar/2) eps."""
 
     def step(block: Dense, z: jax.Array, e: jax.Array) -> tuple:
-        mean, logvar = split_gaussian(block(z), dim)
+        mean, logvar = split_posterior(block(z), dim, scale)
         z = mean + jnp.exp(0.5 * logvar) * e
         return z, (mean, logvar, z)
 
     return step
 
 
-def gaussian_step(dim: int):
-    """A carry-free scan step: (block, (), z) -> ((), (mean, logvar) = block(z))."""
+def gaussian_step(dim: int, scale: Scale | None = None):
+    """A carry-free scan step: (block, (), z) -> ((), (mean, logvar) = block(z)); a posterior
+    conditional's logvar goes through scale (split_posterior), a prior's (scale None) does not."""
 
     def step(block: Dense, carry: tuple, z: jax.Array) -> tuple:
-        return carry, split_gaussian(block(z), dim)
+        if scale is None:
+            return carry, split_gaussian(block(z), dim)
+        return carry, split_posterior(block(z), dim, scale)
 
     return step
 
@@ -122,6 +127,7 @@ class TopDownNet(nnx.Module):
         bottleneck: float,
         kernel: int,
         activation: str,
+        scale: Scale,
         *,
         rngs: nnx.Rngs,
     ):
@@ -149,7 +155,7 @@ class TopDownNet(nnx.Module):
             return lambda r: body_net(st, st.width, st.width, *net, True, True, r)
 
         def dec_block(st: Stage):
-            return lambda r: TopDownBlock(st, *net, rngs=r)
+            return lambda r: TopDownBlock(st, *net, scale, rngs=r)
 
         self.encoder = nnx.List([Stack(enc_block(st), st.groups, rngs=rngs) for st in stages])
         self.decoder = nnx.List([Stack(dec_block(st), st.groups, rngs=rngs) for st in stages])
@@ -278,11 +284,13 @@ class BottomUpNet(nnx.Module):
         out_channels: int,
         depth: int,
         activation: str,
+        scale: Scale,
         *,
         rngs: nnx.Rngs,
     ):
         self.stages = tuple(stages)
         self.out_shape = (*image_shape[:2], out_channels)
+        self.scale = scale
 
         def dense(n_in: int, st: Stage, n_out: int):
             return lambda r: Dense([n_in, *[st.width] * depth, n_out], activation, False, rngs=r)
@@ -318,11 +326,13 @@ class BottomUpNet(nnx.Module):
         out: list[Posterior] = []
         for s, (st, sl) in enumerate(zip(self.stages, stage_slices(self.stages), strict=True)):
             e = to_groups(eps[:, sl], st)
-            mean, logvar = split_gaussian(self.enc_first[s](h), st.dim)
+            mean, logvar = split_posterior(self.enc_first[s](h), st.dim, self.scale)
             z = mean + jnp.exp(0.5 * logvar) * e[0]
             means, logvars, zs = mean[None], logvar[None], z[None]
             if st.groups > 1:
-                rest = self.rest(self.enc_rest, s).scan(sampling_step(st.dim), z, e[1:])[1]
+                rest = self.rest(self.enc_rest, s).scan(
+                    sampling_step(st.dim, self.scale), z, e[1:]
+                )[1]
                 means = jnp.concatenate([means, rest[0]])
                 logvars = jnp.concatenate([logvars, rest[1]])
                 zs = jnp.concatenate([zs, rest[2]])
@@ -398,11 +408,11 @@ class BottomUpNet(nnx.Module):
         log_q: list[jax.Array] = []
         for s, (st, sl) in enumerate(zip(self.stages, stage_slices(self.stages), strict=True)):
             zs = to_groups(z[:, sl], st)
-            mean, logvar = split_gaussian(stopped(self.enc_first[s])(h), st.dim)
+            mean, logvar = split_posterior(stopped(self.enc_first[s])(h), st.dim, self.scale)
             means, logvars = mean[None], logvar[None]
             if st.groups > 1:
                 rest = stopped(self.rest(self.enc_rest, s)).scan(
-                    gaussian_step(st.dim), (), zs[:-1]
+                    gaussian_step(st.dim, self.scale), (), zs[:-1]
                 )[1]
                 means = jnp.concatenate([means, rest[0]])
                 logvars = jnp.concatenate([logvars, rest[1]])
@@ -523,6 +533,7 @@ def build_hierarchical(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> 
     h = cfg.hierarchical
     stages = plan_stages(h, image_shape)
     likelihood = build_likelihood(cfg, image_shape)
+    scale = (cfg.scale_param, cfg.scale_floor)  # the posteriors' scale, as the plain VAE's
     out_channels = likelihood.decoder_channels(int(image_shape[2]))
     if h.structure == "bottom_up":
         if h.body != "mlp":
@@ -531,7 +542,7 @@ def build_hierarchical(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> 
                 "al.'s dense conditionals); use structure top_down for body conv"
             )
         net: TopDownNet | BottomUpNet = BottomUpNet(
-            stages, image_shape, out_channels, h.depth, cfg.activation, rngs=rngs
+            stages, image_shape, out_channels, h.depth, cfg.activation, scale, rngs=rngs
         )
     else:
         c = h.conv
@@ -543,6 +554,7 @@ def build_hierarchical(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> 
             c.bottleneck,
             c.kernel_size,
             cfg.activation,
+            scale,
             rngs=rngs,
         )
     return HierarchicalVAE(net, likelihood)
