@@ -102,7 +102,9 @@ def test_unknown_key_in_a_file(tmp_path: Path):
 def test_missing_files_are_config_errors(tmp_path: Path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="model='nope'.*available: conv, mlp, transformer"):
+    with pytest.raises(
+        ConfigError, match="model='nope'.*available: conv, hierarchical, mlp, transformer"
+    ):
         load_config(BASELINE, {"model": "nope"})
 
 

@@ -61,8 +61,14 @@ def evaluate_main(argv: Sequence[str]) -> int:
         f"(n={record['num_examples']}): elbo={record['elbo']:.4f} "
         f"iwae_nll(k={record['iwae_samples']})={record['iwae_nll']:.4f} "
         f"bits/dim={record['bits_per_dim']:.4f} kl={record['kl']:.4f} "
-        f"active={record['active_units']} mi={record['mutual_info']:.4f} "
-        f"in {record['seconds']:.1f}s; wrote {written[0]}"
+        f"active={record['active_units']} "
+        + (
+            f"mi={record['mutual_info']:.4f} "
+            if "mutual_info" in record
+            else f"kl_per_group={[round(v, 3) for v in record['kl_per_group']]} "
+            f"active_per_group={record['active_units_per_group']} "
+        )
+        + f"in {record['seconds']:.1f}s; wrote {written[0]}"
         + (f" and {len(written) - 1} figures in {written[1].parent}" if len(written) > 1 else "")
     )
     return 0

@@ -71,14 +71,26 @@ def iwae_log_likelihood(
     so -L_k is an upper-bound estimate of the NLL. Chunk c draws its noise from
     fold_in(key, c), so a smaller k uses a prefix of the same samples.
 
+    A hierarchical model draws z_s = (z_1..z_L) from q(z|x) group by group and weighs it with
+    log p(x, z_1..L) - log q(z_1..L|x) (HierarchicalVAE.importance_terms).
+
     Args:
-      model: has encode(x) -> (mean, logvar) [B, D], decode(z) -> outputs, nll(outputs, x).
+      model: has encode(x) -> (mean, logvar) [B, D], decode(z) -> outputs, nll(outputs, x);
+        or importance_terms(x, eps [S, B, U]) and latent_units (hierarchical).
       x: [B, H, W, C].
     Returns:
       [B] L_k(x) in nats.
     """
-    mean, logvar = model.encode(x)
     chunk = min(chunk_size, num_samples)
+    if hasattr(model, "importance_terms"):  # hierarchical: z_s over all groups, ancestrally
+
+        def hierarchical_weights(c: jax.Array) -> jax.Array:
+            shape = (chunk, x.shape[0], model.latent_units)
+            eps = jax.random.normal(jax.random.fold_in(key, c), shape, jnp.float32)
+            return model.importance_terms(x, eps)[0]
+
+        return chunked_log_mean_exp(hierarchical_weights, num_samples, chunk)
+    mean, logvar = model.encode(x)
 
     def log_weights(c: jax.Array) -> jax.Array:
         eps = jax.random.normal(jax.random.fold_in(key, c), (chunk, *mean.shape), mean.dtype)

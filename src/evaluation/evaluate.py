@@ -25,8 +25,9 @@ from src.data.pipeline import load_splits, padded_batches, planned_steps
 from src.evaluation import figures
 from src.evaluation.estimators import iwae_log_likelihood, mutual_information
 from src.evaluation.metrics import kl_mass_units
+from src.models.registry import latent_groups, latent_units
 from src.training.device.parallel import check_eval_batch, make_mesh, replicated, split_on_devices
-from src.training.keys import batch_key, estimator_keys
+from src.training.keys import batch_key, estimator_keys, figure_keys
 from src.training.run import checkpoint, identity
 from src.training.run.console import duration
 from src.training.run.recorder import read_record
@@ -102,7 +103,8 @@ def restore_state(
 def make_posterior_step(
     graphdef: nnx.GraphDef, mesh: Mesh, *, iwae_samples: int, iwae_chunk: int
 ) -> Callable[..., dict[str, jax.Array]]:
-    """step(params, x, iwae_key) -> IWAE bound [B] and posterior parameters [B, D].
+    """step(params, x, iwae_key) -> IWAE bound [B] and posterior parameters [B, D] (a
+    hierarchical model: the bound only).
 
     x may be split over the mesh (each device scores its examples); the outputs come back
     replicated.
@@ -111,8 +113,10 @@ def make_posterior_step(
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
     def step(params: Any, x: jax.Array, iwae_key: jax.Array) -> dict:
         model = nnx.merge(graphdef, params)
-        mean, logvar = model.encode(x)
         log_px = iwae_log_likelihood(model, x, iwae_key, iwae_samples, iwae_chunk)
+        if not hasattr(model, "encode"):  # hierarchical: no single Gaussian posterior
+            return {"log_px": log_px}
+        mean, logvar = model.encode(x)
         return {"log_px": log_px, "mean": mean, "logvar": logvar}
 
     return step
@@ -184,15 +188,18 @@ def compute_metrics(
     params replicated over mesh; every batch is split over its devices."""
     ecfg = cfg.eval
     print(f"evaluate: elbo on {len(x)} images (the validation pass)", file=sys.stderr, flush=True)
+    groups = latent_groups(cfg.model, x.shape[1:])
     # The training run's own validation function: same key, batch size and batch order.
     base = evaluate_split(
-        make_eval_step(graphdef, mesh, latent_dim=cfg.model.latent_dim),
+        make_eval_step(graphdef, mesh, latent_dim=latent_units(cfg.model, x.shape[1:])),
         params,
         x,
         ecfg.batch_size,
         keys["elbo"],
         ecfg.active_threshold,
         split_on_devices(mesh),
+        groups=groups,
+        kl_mass_share=ecfg.kl_mass_share,
     )
     step = make_posterior_step(
         graphdef,
@@ -203,6 +210,21 @@ def compute_metrics(
     label = f"iwae k={ecfg.iwae_samples}"
     progress = PassProgress(label, len(x))
     post = posterior_pass(step, params, x, ecfg.batch_size, keys, split_on_devices(mesh), progress)
+    nll = -float(np.mean(post["log_px"].astype(np.float64)))
+    dims = math.prod(x.shape[1:])
+    bits = dims * math.log(2.0)
+    if groups is not None:  # per-group metrics come from the validation pass
+        return {
+            **base,
+            "iwae_nll": nll,
+            "iwae_samples": ecfg.iwae_samples,
+            "bits_per_dim": nll / bits,
+            "elbo_bits_per_dim": -base["elbo"] / bits,
+            "data_dims": dims,
+            "active_threshold": ecfg.active_threshold,
+            "kl_mass_share": ecfg.kl_mass_share,
+            "group_sizes": list(groups),
+        }, post
     print(
         f"evaluate: mutual information on {len(x)} images ({ecfg.mi_samples} samples each)",
         file=sys.stderr,
@@ -215,9 +237,6 @@ def compute_metrics(
         ecfg.mi_samples,
         ecfg.batch_size,
     )
-    nll = -float(np.mean(post["log_px"].astype(np.float64)))
-    dims = math.prod(x.shape[1:])
-    bits = dims * math.log(2.0)
     metrics = {
         **base,
         "iwae_nll": nll,
@@ -279,6 +298,79 @@ def figure_arrays(
         "traversal_dims": dims,
         "traversal_values": values,
     }
+
+
+def hierarchical_figure_arrays(
+    cfg: Any, graphdef: nnx.GraphDef, params: Any, x: np.ndarray, key: jax.Array
+) -> dict[str, Any]:
+    """Decoder means E[x|z_1] of a hierarchical model: posterior-mean reconstructions (every
+    group at its posterior mean given the groups above), reconstructions keeping the top m
+    groups of q(z|x) and drawing the rest from the prior (eval.keep_top_groups), and prior
+    samples at each temperature of eval.sample_temperatures (one noise draw shared by all)."""
+    ecfg = cfg.eval
+    n = min(ecfg.figure_images, len(x))
+    groups = len(latent_groups(cfg.model, x.shape[1:]) or ())
+    units = latent_units(cfg.model, x.shape[1:])
+    model = nnx.merge(graphdef, params)
+    inputs = jnp.asarray(x[:n])
+    k_keep, k_prior = figure_keys(key)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def reconstruct(eps: jax.Array, keep: int) -> jax.Array:
+        return model.mean_image(model.reconstruct(inputs, eps, keep))
+
+    @jax.jit
+    def sample(eps: jax.Array, temperature: jax.Array) -> jax.Array:
+        return model.mean_image(model.sample(eps, temperature))
+
+    keep_eps = jax.random.normal(k_keep, (n, units))
+    prior_eps = jax.random.normal(k_prior, (ecfg.figure_images, units))
+    kept = [np.asarray(reconstruct(keep_eps, int(m))) for m in ecfg.keep_top_groups]
+    return {
+        "inputs": x[:n],
+        "reconstructions": np.asarray(reconstruct(jnp.zeros((n, units)), groups)),
+        "kept": np.stack([x[:n], *kept]),
+        "kept_labels": ["input"] + [f"top {m} of {groups}" for m in ecfg.keep_top_groups],
+        "temperatures": np.stack(
+            [np.asarray(sample(prior_eps, jnp.float32(t))) for t in ecfg.sample_temperatures]
+        ),
+        "temperature_labels": [f"T = {t:g}" for t in ecfg.sample_temperatures],
+    }
+
+
+def draw_hierarchical_figures(
+    folder: Path,
+    prefix: str,
+    arrays: dict[str, Any],
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]] | None,
+) -> list[Path]:
+    """Writes the hierarchical model's PNGs; returns their paths."""
+    out = {
+        "reconstructions": figures.reconstructions(arrays["inputs"], arrays["reconstructions"]),
+        "top_groups": figures.image_rows(
+            arrays["kept"],
+            arrays["kept_labels"],
+            "keep the top m groups of q(z|x), resample the rest",
+        ),
+        "prior_samples": figures.image_rows(
+            arrays["temperatures"], arrays["temperature_labels"], "samples from the prior"
+        ),
+        "kl_per_group": figures.kl_per_group(
+            metrics["kl_per_group"],
+            metrics["active_units_per_group"],
+            metrics["group_sizes"],
+            history,
+        ),
+    }
+    paths = []
+    for name, fig in out.items():
+        paths.append(folder / f"{prefix}_{name}.png")
+        figures.save(fig, paths[-1])
+    if history:
+        paths.append(folder / "curves.png")
+        figures.save(figures.curves(history), paths[-1])
+    return paths
 
 
 def draw_figures(
@@ -353,7 +445,10 @@ def evaluate_run(
     params = eval_params(state, cfg.eval.use_ema)
     metrics, post = compute_metrics(cfg, graphdef, params, x, keys, mesh)
     arrays = None
-    if cfg.eval.figures:
+    hierarchical = "group_sizes" in metrics
+    if cfg.eval.figures and hierarchical:
+        arrays = hierarchical_figure_arrays(cfg, graphdef, params, x, keys["figures"])
+    elif cfg.eval.figures:
         arrays = figure_arrays(
             cfg, graphdef, params, x, post, metrics["kl_per_dim"], keys["figures"]
         )
@@ -382,7 +477,8 @@ def evaluate_run(
         atomic_write_json(written[0], record)
         if arrays is not None:
             folder = run_dir.parent.parent / "figures" / run_dir.name
-            written += draw_figures(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
+            draw = draw_hierarchical_figures if hierarchical else draw_figures
+            written += draw(folder, f"{checkpoint_name}_{split}", arrays, metrics, history)
     except OSError as e:  # read-only or full disk: one line, exit status 4
         raise StorageError(f"cannot write the evaluation of {run_dir}: {e}") from e
     return record, written

@@ -120,3 +120,56 @@ def curves(history: list[dict[str, Any]]) -> Figure:
         ax.legend()
     fig.suptitle("training curves (metrics.json)")
     return fig
+
+
+def image_rows(rows: np.ndarray, labels: Sequence[str], title: str) -> Figure:
+    """rows: [R, N, H, W, C]; row r is labelled labels[r]."""
+    n_rows, n_cols = rows.shape[:2]
+    fig = _new_figure(1.1 * n_cols + 0.6, 1.1 * n_rows + 0.6)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            _show(axes[r, c], rows[r, c])
+        axes[r, 0].set_ylabel(labels[r], fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def kl_per_group(
+    kl: Sequence[float],
+    active: Sequence[int],
+    sizes: Sequence[int],
+    history: list[dict[str, Any]] | None,
+) -> Figure:
+    """Left: KL per latent group (z_1 at the bottom of the hierarchy) of the evaluated split,
+    labelled with its active units out of its units. Right: the train records' KL per group
+    against step (log scale), so a collapsed upper group shows as a line falling to zero."""
+    fig = _new_figure(12.0, 4.2)
+    ax_bar, ax_curve = fig.subplots(1, 2)
+    names = [f"z{i + 1}" for i in range(len(kl))]
+    ax_bar.bar(names, kl, color="tab:blue")
+    for i, (value, a, n) in enumerate(zip(kl, active, sizes, strict=True)):
+        ax_bar.annotate(f"{a}/{n}", (i, value), ha="center", va="bottom", fontsize=7)
+    ax_bar.set_xlabel("latent group (z1 nearest the data)")
+    ax_bar.set_ylabel("KL [nats per example]")
+    ax_bar.set_title("KL per group (active units / units)")
+    records = [r for r in history or [] if r["split"] == "train" and "kl_per_group" in r]
+    if records:
+        steps = [r["step"] for r in records]
+        values = np.maximum(np.asarray([r["kl_per_group"] for r in records], np.float64), 1e-6)
+        cmap = matplotlib_colormap(len(kl))
+        for g in range(values.shape[1]):
+            ax_curve.plot(steps, values[:, g], color=cmap[g], label=names[g])
+        ax_curve.set_yscale("log")
+        ax_curve.legend(fontsize=7, ncol=max(1, len(kl) // 8))
+    ax_curve.set_xlabel("step")
+    ax_curve.set_ylabel("KL [nats per example] (train records)")
+    ax_curve.set_title("KL per group over training")
+    return fig
+
+
+def matplotlib_colormap(n: int) -> list[Any]:
+    """n colours from bottom (dark) to top (light) of the hierarchy."""
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](i / max(1, n - 1)) for i in range(n)]

@@ -5,17 +5,6 @@ The validation pass (ELBO, KL per dimension, active units) is src/training/valid
 
 from __future__ import annotations
 
-import numpy as np
+from src.training.validation import kl_mass_units
 
-
-def kl_mass_units(kl_per_dim: np.ndarray, share: float) -> int:
-    """The fewest latent dimensions that together carry `share` of the total KL.
-
-    A scale-free count of used dimensions: unlike the variance threshold of active_units,
-    which counts a nearly collapsed dimension as soon as Var_x(E_q[z_d|x]) > threshold, it asks
-    how many dimensions the information sits in (0 when the total KL is 0)."""
-    kl = np.sort(np.maximum(np.asarray(kl_per_dim, np.float64), 0.0))[::-1]
-    total = kl.sum()
-    if total <= 0:
-        return 0
-    return int(np.searchsorted(np.cumsum(kl), share * total * (1 - 1e-12)) + 1)
+__all__ = ["kl_mass_units"]  # defined with the validation pass, which reports it per group

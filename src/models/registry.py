@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from src.models.conv import ConvDecoder, ConvEncoder
+from src.models.hier_plan import group_sizes, plan_stages
+from src.models.hierarchical import build_hierarchical
 from src.models.likelihoods import build_likelihood
 from src.models.mlp import MLPDecoder, MLPEncoder
 from src.models.transformer import TransformerDecoder, TransformerEncoder
@@ -75,8 +77,14 @@ MODELS: dict[str, Builder] = {
 }
 
 
-def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE:
-    """cfg is the `model` section; image_shape is (H, W, C) of the data."""
+def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> Any:
+    """cfg is the `model` section; image_shape is (H, W, C) of the data. Returns a VAE, or a
+    HierarchicalVAE for model.type hierarchical (whose interface differs: elbo_terms and
+    importance_terms instead of encode and decode)."""
+    if cfg.type == "hierarchical":
+        model = build_hierarchical(cfg, image_shape, rngs)
+        set_compute_dtype(model.net, jnp.dtype(cfg.compute_dtype))
+        return model
     if cfg.type not in MODELS:
         raise ConfigError(f"model.type: unknown model {cfg.type!r}; known: {', '.join(MODELS)}")
     likelihood = build_likelihood(cfg, image_shape)
@@ -85,6 +93,21 @@ def build_model(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> VAE:
     for network in (encoder, decoder):
         set_compute_dtype(network, jnp.dtype(cfg.compute_dtype))
     return VAE(encoder, decoder, likelihood, cfg.scale_param, cfg.scale_floor)
+
+
+def latent_groups(cfg: Any, image_shape: Sequence[int]) -> tuple[int, ...] | None:
+    """Units of each latent group (z_1 first) of a hierarchical model; None for the one-group
+    families, whose metrics stay per dimension."""
+    if cfg.type != "hierarchical":
+        return None
+    return group_sizes(plan_stages(cfg.hierarchical, image_shape))
+
+
+def latent_units(cfg: Any, image_shape: Sequence[int]) -> int:
+    """Standard-normal noise units the train step draws per example and sample: latent_dim, or
+    the units of all groups of a hierarchical model."""
+    groups = latent_groups(cfg, image_shape)
+    return cfg.latent_dim if groups is None else sum(groups)
 
 
 def set_compute_dtype(network: nnx.Module, dtype: jnp.dtype) -> None:

@@ -16,6 +16,7 @@ import jax
 
 from src.data.batches import fits_on_device
 from src.data.pipeline import load_splits, planned_steps
+from src.models.stack import unrolled
 from src.training.device.parallel import (
     check_eval_batch,
     make_mesh,
@@ -45,10 +46,14 @@ def step_analysis(
     """XLA's cost and memory analysis of one compiled train step on abstract inputs.
 
     pmap's step is not one jitted program: the jit step, which computes the same, stands in.
+    A hierarchical model's FLOPs come from the same step with its stacks unrolled (XLA counts
+    a loop body once); its memory from the program that trains.
     """
     tcfg = cfg.training
     backend = "jit" if cfg.parallel.backend == "pmap" else cfg.parallel.backend
-    train_step = build_train_step(cfg, graphdef, tx, schedule, mesh, backend=backend)
+    train_step = build_train_step(
+        cfg, graphdef, tx, schedule, mesh, backend=backend, image_shape=example.shape
+    )
     state = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), state
     )
@@ -62,7 +67,16 @@ def step_analysis(
         memory = compiled.memory_analysis()
     except Exception:  # not every backend implements it
         memory = None
-    return dict(compiled.cost_analysis() or {}), memory
+    cost = dict(compiled.cost_analysis() or {})
+    if cfg.model.type == "hierarchical":
+        # XLA counts a scanned stack's body once: count the FLOPs of the unrolled program.
+        with unrolled():
+            counted = build_train_step(
+                cfg, graphdef, tx, schedule, mesh, backend=backend, image_shape=example.shape
+            )
+            lowered = cast(Any, counted).lower(state, batch, key, True)
+            cost = dict(lowered.compile().cost_analysis() or {})
+    return cost, memory
 
 
 def dry_run(cfg: Any, paths: RunPaths, *, resume: bool = False) -> str:

@@ -20,6 +20,8 @@ tests pin their values (tests/test_keys.py).
     |   `-- eval -> fold_in(eval, batch)   validation noise of batch i (batch_key)
     `-- fold_in(root, ESTIMATOR_STREAM) -> iwae (0), mi (1), figures (2)   scripts/evaluate.py
           iwae -> fold_in(., batch) -> fold_in(., chunk)   (src/evaluation/estimators.py)
+          figures -> split = keep, prior   a hierarchical model's figures (figure_keys):
+                                          resampled groups of the reconstructions, prior samples
 
 data.eval_binarize_seed and data.synthetic.seed are separate seeds of the data, not streams of
 training.seed.
@@ -49,6 +51,14 @@ def estimator_keys(seed: int) -> dict[str, jax.Array]:
         "mi": jax.random.fold_in(root, 1),
         "figures": jax.random.fold_in(root, 2),
     }
+
+
+def figure_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(keep key, prior key) of the figures key, for a hierarchical model's figures: the noise of
+    the groups resampled in the keep-the-top-m reconstructions, and of the prior samples (one
+    draw shared by every temperature)."""
+    keep, prior = jax.random.split(key)
+    return keep, prior
 
 
 def step_key(train_key: jax.Array, step: int | jax.Array) -> jax.Array:

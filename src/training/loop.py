@@ -380,6 +380,8 @@ def validate(run: Run, p: Progress) -> None:
         parts.keys["eval"],
         cfg.eval.active_threshold,
         split_on_devices(parts.mesh),
+        groups=parts.latent_groups,
+        kl_mass_share=cfg.eval.kl_mass_share,
     )
     run.recorder.log(p.step, "val", metrics)
     value = metrics[cfg.checkpoint.best_metric]

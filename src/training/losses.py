@@ -26,6 +26,7 @@ __all__ = [
     "bernoulli_nll",
     "categorical_nll",
     "gaussian_kl",
+    "group_sums",
     "gaussian_nll",
     "decoder_log_probs",
     "importance_log_weights",
@@ -71,11 +72,22 @@ def vae_terms(model: Any, x: jax.Array, eps: jax.Array, dropout_key: jax.Array |
     dropout_key: None for a deterministic pass (evaluation); otherwise split between encoder
     and decoder.
     """
+    if hasattr(model, "elbo_terms"):  # a hierarchical model: its KL terms per unit of all groups
+        return VAETerms(*model.elbo_terms(x, eps, dropout_key))
     k_enc, k_dec = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     mean, logvar = model.encode(x, k_enc)
     z = reparameterize(mean, logvar, eps)
     recon = model.nll(model.decode(z, k_dec), x)
     return VAETerms(recon=recon, kl_per_dim=gaussian_kl(mean, logvar), mean=mean)
+
+
+def group_sums(per_unit: jax.Array, group_sizes: tuple[int, ...]) -> jax.Array:
+    """[..., U] -> [..., L]: the sum over each latent group's consecutive units (z_1 first)."""
+    starts = [sum(group_sizes[:i]) for i in range(len(group_sizes))]
+    return jnp.stack(
+        [per_unit[..., a : a + n].sum(axis=-1) for a, n in zip(starts, group_sizes, strict=True)],
+        axis=-1,
+    )
 
 
 def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:

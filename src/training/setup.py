@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from src.data.batches import DeviceBatches, StreamedBatches, make_batches
 from src.data.pipeline import Splits, load_splits, planned_steps
-from src.models.registry import build_model
+from src.models.registry import build_model, latent_groups, latent_units
 from src.training.device.parallel import (
     check_backend,
     check_eval_batch,
@@ -47,6 +47,7 @@ class Setup(NamedTuple):
     state: TrainState  # the initial state, replicated over the mesh (the canonical layout)
     train_step: StepFn  # (state, batch, key, active) -> (state, metrics), for parallel.backend
     eval_step: Callable[..., dict[str, jax.Array]]  # (params, batch, mask, key) -> sums
+    latent_groups: tuple[int, ...] | None  # units per latent group (hierarchical), else None
 
 
 def setup(cfg: Any) -> Setup:
@@ -66,9 +67,8 @@ def setup(cfg: Any) -> Setup:
     batches = make_batches(
         splits.train, keys["data"], tcfg.batch_size, per_epoch, split_on_devices(mesh), cfg.data
     )
-    graphdef, tx, schedule, state = build_state(
-        cfg, splits.train.shape[1:], total_steps, keys["init"]
-    )
+    image_shape = splits.train.shape[1:]
+    graphdef, tx, schedule, state = build_state(cfg, image_shape, total_steps, keys["init"])
     return Setup(
         keys=keys,
         splits=splits,
@@ -80,8 +80,9 @@ def setup(cfg: Any) -> Setup:
         tx=tx,
         schedule=schedule,
         state=jax.device_put(state, replicated(mesh)),
-        train_step=build_train_step(cfg, graphdef, tx, schedule, mesh),
-        eval_step=make_eval_step(graphdef, mesh, latent_dim=cfg.model.latent_dim),
+        train_step=build_train_step(cfg, graphdef, tx, schedule, mesh, image_shape=image_shape),
+        eval_step=make_eval_step(graphdef, mesh, latent_dim=latent_units(cfg.model, image_shape)),
+        latent_groups=latent_groups(cfg.model, image_shape),
     )
 
 
@@ -122,16 +123,23 @@ def build_train_step(
     schedule: optax.Schedule,
     mesh: Mesh,
     backend: str | None = None,
+    image_shape: Sequence[int] | None = None,
 ) -> StepFn:
-    """cfg's compiled train step (src/training/step.py) for backend (default parallel.backend)."""
+    """cfg's compiled train step (src/training/step.py) for backend (default parallel.backend).
+
+    image_shape (H, W, C) sizes the noise of a hierarchical model (all its groups' units); the
+    one-group families draw model.latent_dim and need none."""
     tcfg = cfg.training
+    if image_shape is None and cfg.model.type == "hierarchical":
+        raise ValueError("build_train_step needs image_shape for a hierarchical model")
+    units = cfg.model.latent_dim if image_shape is None else latent_units(cfg.model, image_shape)
     return make_train_step(
         graphdef,
         tx,
         schedule,
         mesh,
         backend=backend or cfg.parallel.backend,
-        latent_dim=cfg.model.latent_dim,
+        latent_dim=units,
         kl=tcfg.kl,
         dynamic_binarize=cfg.data.binarize == "dynamic",
         nan_policy=tcfg.nan_policy,

@@ -45,6 +45,7 @@ from src.training.kl import free_bits_kl, kl_weight_from_config
 from src.training.losses import (
     decoder_log_probs,
     gaussian_kl,
+    group_sums,
     importance_log_weights,
     iwae_bound,
     log_normal_diag,
@@ -104,15 +105,27 @@ def draw_noise(
     return x, jax.random.normal(k_eps, shape, x.dtype)
 
 
-def iwae_metrics(log_w: jax.Array, log_px_z: jax.Array, mean: jax.Array, logvar: jax.Array):
+def per_group(metrics: dict[str, jax.Array], model: Any) -> dict[str, jax.Array]:
+    """A hierarchical model's metrics log kl_per_group [L] (nats, z_1 first) in place of the
+    per-unit kl_per_dim, which a convolutional hierarchy has thousands of; others unchanged."""
+    sizes = getattr(model, "group_sizes", None)
+    if sizes is None:
+        return metrics
+    out = {k: v for k, v in metrics.items() if k != "kl_per_dim"}
+    out["kl_per_group"] = group_sums(metrics["kl_per_dim"], sizes)
+    return out
+
+
+def iwae_metrics(log_w: jax.Array, log_px_z: jax.Array, kl: jax.Array):
     """The IWAE loss (-mean L_k) and the metrics logged for every objective.
 
-    recon, kl and elbo are the single-sample ELBO of the first sample with the analytic KL,
-    as the ELBO objective logs them; iwae_bound is the batch mean of L_k.
+    recon, kl and elbo are the single-sample ELBO of the first sample with the analytic KL
+    (kl [batch, D]: its per-dimension terms), as the ELBO objective logs them; iwae_bound is
+    the batch mean of L_k.
     """
     bound = iwae_bound(log_w).mean()
     recon = -log_px_z[0].mean()
-    kl_per_dim = gaussian_kl(mean, logvar).mean(axis=0)
+    kl_per_dim = kl.mean(axis=0)
     kl_sum = kl_per_dim.sum()
     return -bound, {
         "loss": -bound,
@@ -148,11 +161,18 @@ def iwae_grads(
 
         def loss_fn(p: Any) -> tuple[jax.Array, dict]:
             model = nnx.merge(graphdef, p)
+            if hasattr(model, "importance_terms"):  # hierarchical: log w over all groups
+                log_w, log_px_z, kl = model.importance_terms(x, eps, k_dec)
+                loss, metrics = iwae_metrics(log_w, log_px_z, kl)
+                return loss, per_group(metrics, model)
             mean, logvar = model.encode(x, k_enc)
             log_w, log_px_z = importance_log_weights(model, x, mean, logvar, eps, k_dec)
-            return iwae_metrics(log_w, log_px_z, mean, logvar)
+            return iwae_metrics(log_w, log_px_z, gaussian_kl(mean, logvar))
 
         return jax.grad(loss_fn, has_aux=True)(params)
+
+    if hasattr(nnx.merge(graphdef, params), "dreg_sample"):  # bottom-up hierarchical
+        return hierarchical_dreg_grads(graphdef, params, x, eps)
 
     def sample_z(p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         mean, logvar = nnx.merge(graphdef, p).encode(x, k_enc)
@@ -170,7 +190,28 @@ def iwae_grads(
     decoder_grads, z_cotangent = w_vjp(-normalized / x.shape[0])
     (encoder_grads,) = z_vjp(z_cotangent * normalized[..., None])
     grads = jax.tree.map(jnp.add, decoder_grads, encoder_grads)
-    return grads, iwae_metrics(log_w, log_px_z, mean, logvar)[1]
+    return grads, iwae_metrics(log_w, log_px_z, gaussian_kl(mean, logvar))[1]
+
+
+def hierarchical_dreg_grads(
+    graphdef: nnx.GraphDef, params: Any, x: jax.Array, eps: jax.Array
+) -> tuple[Any, dict[str, jax.Array]]:
+    """DReG of iwae_grads for a bottom-up hierarchical model, eps [k, batch, U]: z over all
+    groups is a reparameterization of the encoder parameters alone (q(z_l|z_{l-1}) uses no
+    decoder parameter), so the derivation holds with z the concatenated groups; log q(z|x) is
+    evaluated at stopped encoder parameters (HierarchicalVAE.dreg_log_weights)."""
+    z, z_vjp = jax.vjp(lambda p: nnx.merge(graphdef, p).dreg_sample(x, eps), params)
+
+    def log_weights(p: Any, z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        return nnx.merge(graphdef, p).dreg_log_weights(x, z)
+
+    log_w, w_vjp, (log_px_z, kl) = jax.vjp(log_weights, params, z, has_aux=True)
+    normalized = jax.nn.softmax(log_w, axis=0)  # w~_s, [k, batch]
+    decoder_grads, z_cotangent = w_vjp(-normalized / x.shape[0])
+    (encoder_grads,) = z_vjp(z_cotangent * normalized[..., None])
+    grads = jax.tree.map(jnp.add, decoder_grads, encoder_grads)
+    metrics = iwae_metrics(log_w, log_px_z, kl)[1]
+    return grads, per_group(metrics, nnx.merge(graphdef, params))
 
 
 def global_mean(tree: Any, axis: str | None) -> Any:
@@ -198,7 +239,8 @@ def elbo_grads(
     """
 
     def loss_fn(p: Any) -> tuple[jax.Array, dict]:
-        terms = vae_terms(nnx.merge(graphdef, p), x, eps, key)
+        model = nnx.merge(graphdef, p)
+        terms = vae_terms(model, x, eps, key)
         recon = terms.recon.mean()
         kl_per_dim = terms.kl_per_dim.mean(axis=0)
         kl_sum = kl_per_dim.sum()
@@ -208,13 +250,14 @@ def elbo_grads(
         else:
             kl_term = kl_sum
         loss = recon + weight * kl_term
-        return loss, {
+        metrics = {
             "loss": loss,
             "recon": recon,
             "kl": kl_sum,
             "elbo": -(recon + kl_sum),
             "kl_per_dim": kl_per_dim,
         }
+        return loss, per_group(metrics, model)
 
     return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -392,10 +435,21 @@ def make_train_step(
     return pmap_step
 
 
+def masked_moments(values: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Count, mean and sum of squared deviations per column of values [batch, U] over the rows
+    with mask 1: a batch's share of a variance that the host combines exactly across batches
+    (src/training/validation.py:combine_moments), without keeping [examples, U] arrays."""
+    count = jnp.sum(mask)
+    mean = jnp.sum(values * mask[:, None], axis=0) / jnp.maximum(count, 1.0)
+    m2 = jnp.sum(jnp.square(values - mean) * mask[:, None], axis=0)
+    return {"mean_count": count, "mean_mean": mean, "mean_m2": m2}
+
+
 def make_eval_step(
     graphdef: nnx.GraphDef, mesh: Mesh, *, latent_dim: int
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
-    """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means.
+    """eval_step(params, batch, mask, key) -> masked sums and per-example posterior means (a
+    hierarchical model: their masked moments, see masked_moments).
 
     Deterministic network (no dropout); only the reparameterization noise comes from key. The
     batch is scored as it is (evaluation splits are binarized once, src/data/pipeline.py).
@@ -406,11 +460,16 @@ def make_eval_step(
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
     def eval_step(params: Any, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
         x, eps = draw_noise(key, batch, latent_dim, False, 1)
-        terms = vae_terms(nnx.merge(graphdef, params), x, eps, None)
-        return {
+        model = nnx.merge(graphdef, params)
+        terms = vae_terms(model, x, eps, None)
+        out = {
             "recon_sum": jnp.sum(terms.recon * mask),
             "kl_per_dim_sum": jnp.sum(terms.kl_per_dim * mask[:, None], axis=0),
-            "mean": terms.mean,
         }
+        if hasattr(model, "group_sizes"):  # hierarchical: moments, not [batch, units] means
+            out.update(masked_moments(terms.mean, mask))
+        else:
+            out["mean"] = terms.mean
+        return out
 
     return eval_step

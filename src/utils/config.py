@@ -298,7 +298,16 @@ def _get(tree: Mapping[str, Any], dotted: str) -> Any:
 
 def check_model(model: Mapping[str, Any]) -> None:
     """Model checks that need no image shape (shape checks happen when the model is built)."""
-    for key in ("hidden_dims", "conv.channels", "conv.kernel_sizes", "conv.strides"):
+    for key in (
+        "hidden_dims",
+        "conv.channels",
+        "conv.kernel_sizes",
+        "conv.strides",
+        "hierarchical.groups",
+        "hierarchical.group_dims",
+        "hierarchical.widths",
+        "hierarchical.conv.downsample",
+    ):
         values = _get(model, key)
         if any(v <= 0 for v in values):
             raise ConfigError(f"model.{key} must be positive integers, got {values}")
@@ -345,6 +354,7 @@ def check_values(cfg: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
     if kl["warmup"] == "linear" and kl["warmup_steps"] == 0:
         raise ConfigError("training.kl.warmup_steps must be > 0 when training.kl.warmup is linear")
     check_objective(cfg["training"])
+    check_hierarchical(cfg["model"], cfg["training"], cfg["eval"])
     if cfg["data"]["val_fraction"] + cfg["data"]["test_fraction"] >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
     check_data_values(cfg["data"])
@@ -403,6 +413,52 @@ def check_objective(training: Mapping[str, Any]) -> None:
             f"training.objective=iwae optimizes the IWAE bound as it is; {', '.join(changed)} "
             "applies to the ELBO objective only (use beta 1, warmup none, free_bits 0)"
         )
+
+
+def check_hierarchical(
+    model: Mapping[str, Any], training: Mapping[str, Any], evaluation: Mapping[str, Any]
+) -> None:
+    """The hierarchical family's checks that need no image shape (src/models/hier_plan.py checks
+    the resolutions when the model is built)."""
+    temperatures = evaluation["sample_temperatures"]
+    if not temperatures or any(t <= 0 for t in temperatures):
+        raise ConfigError(
+            f"eval.sample_temperatures must be positive numbers (at least one), got {temperatures}"
+        )
+    if model["type"] != "hierarchical":
+        return
+    h = model["hierarchical"]
+    if h["structure"] == "bottom_up" and h["body"] != "mlp":
+        raise ConfigError(
+            "model.hierarchical.structure=bottom_up is built with body mlp only (Burda et al.'s "
+            "dense conditionals); use structure top_down for body conv"
+        )
+    lists = ["groups", "group_dims", "widths"] + (
+        ["conv.downsample"] if h["body"] == "conv" else []
+    )
+    lengths = {k: len(_get(h, k)) for k in lists}
+    if len(set(lengths.values())) != 1 or not lengths["groups"]:
+        raise ConfigError(
+            "model.hierarchical: "
+            + ", ".join(lists)
+            + " need one entry per stage (at least one), got lengths "
+            + ", ".join(f"{k}={n}" for k, n in lengths.items())
+        )
+    groups = sum(h["groups"])
+    keep = evaluation["keep_top_groups"]
+    if any(not 0 <= m <= groups for m in keep):
+        raise ConfigError(
+            f"eval.keep_top_groups must be in [0, {groups}] (the model has {groups} latent "
+            f"groups, model.hierarchical.groups {h['groups']}), got {keep}"
+        )
+    if training["objective"] == "iwae" and training["iwae_gradient"] == "dreg":
+        if h["structure"] == "top_down":
+            raise ConfigError(
+                "training.iwae_gradient=dreg does not hold for model.hierarchical.structure="
+                "top_down: its posterior q(z_l|x, z_>l) shares the top-down state, and so the "
+                "parameters, of the prior p(z_l|z_>l), while DReG needs inference parameters "
+                "that log p(x, z) does not use; use iwae_gradient standard"
+            )
 
 
 def check_data_values(data: Mapping[str, Any]) -> None:

@@ -36,7 +36,12 @@ from src.training.run.console import Console
 from src.utils.errors import StorageError
 from src.utils.io import atomic_write_text, read_json
 
-VECTOR_KEYS = ("kl_per_dim",)
+VECTOR_KEYS = (
+    "kl_per_dim",
+    "kl_per_group",
+    "active_units_per_group",
+    "kl_mass_units_per_group",
+)
 
 
 def _clean(value: Any) -> Any:
