@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The MNIST and Fashion-MNIST experiments of EXPERIMENTS.md (011 to 017), in the order they were
+# The MNIST and Fashion-MNIST experiments of EXPERIMENTS.md (011 to 019), in the order they were
 # run, on the committed code. Usage: scripts/experiments/mnist.sh DATA_DIR [WORKDIR] [PART ...]
 #   DATA_DIR holds mnist/ and fashion_mnist/ (scripts/download_data.py, or
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
 #   iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds
-#   fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl.
+#   fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl
+#   burda2.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -13,7 +14,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl burda2}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -145,6 +146,18 @@ for part in $PARTS; do
         train "fashion-family-$m-s42" $E/mnist_families.yaml --model=$m --data=fashion_mnist \
           --config.data.dir="$DATA/fashion_mnist"
         evaluate "fashion-family-$m-s42" 1000 nll1000_e20
+      done ;;
+    burda2)  # 019: Burda et al.'s two-layer model, VAE and IWAE k = 5, 20 epochs, k = 1000
+      train burda2-vae-s42 $E/burda_two_layer.yaml --config.data.dir="$DATA/mnist"
+      train burda2-iwae5-s42 $E/burda_two_layer.yaml --config.data.dir="$DATA/mnist" \
+        --config.training.objective=iwae --config.training.iwae_samples=5
+      for id in burda2-vae-s42 burda2-iwae5-s42; do
+        out="$W/checkpoints/$id/eval/nll1000_e20.json"
+        if [ -f "$out" ]; then echo "== $out: exists"; continue; fi
+        python scripts/evaluate.py --run_dir="$W/checkpoints/$id" --checkpoint=last \
+          --config.eval.iwae_samples=1000 --config.eval.batch_size=100 \
+          --config.eval.iwae_chunk=100 --config.eval.figures=false
+        cp "$W/checkpoints/$id/eval/last_test.json" "$out"
       done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
