@@ -363,6 +363,13 @@ def draw_hierarchical_figures(
             history,
         ),
     }
+    return save_figures(folder, prefix, out, history)
+
+
+def save_figures(
+    folder: Path, prefix: str, out: dict[str, Any], history: list[dict[str, Any]] | None
+) -> list[Path]:
+    """Writes each figure of out as <prefix>_<name>.png, and the training curves; their paths."""
     paths = []
     for name, fig in out.items():
         paths.append(folder / f"{prefix}_{name}.png")
@@ -391,14 +398,7 @@ def draw_figures(
             metrics["kl_per_dim"], metrics["posterior_mean_var"], metrics["active_threshold"]
         ),
     }
-    paths = []
-    for name, fig in out.items():
-        paths.append(folder / f"{prefix}_{name}.png")
-        figures.save(fig, paths[-1])
-    if history:
-        paths.append(folder / "curves.png")
-        figures.save(figures.curves(history), paths[-1])
-    return paths
+    return save_figures(folder, prefix, out, history)
 
 
 # --- Record.
