@@ -191,6 +191,18 @@ def test_a_resume_that_changes_epochs_is_recorded_and_resumes_again(stopped_run,
     assert "already completed" in capsys.readouterr().out
 
 
+def test_a_resume_killed_between_config_and_provenance_resumes_again(stopped_run, capsys):
+    """config.yaml already holds the new training.epochs, provenance.json's identity not yet:
+    the next resume accepts it (a resumable key) and records it."""
+    from src.training.cli import train_main as main
+
+    edit_yaml(stopped_run / "config.yaml", "training", "epochs", 3)
+    assert main([f"--workdir={stopped_run.parents[1]}", "--run_id=stopped", "--resume"]) == 0
+    prov = read_json(stopped_run / "provenance.json")
+    assert prov["identity"]["config"]["training"]["epochs"] == 3
+    assert read_json(stopped_run / "metrics.json")["status"] == "completed"
+
+
 # --- 5. A step copied from another run is refused like a corrupted one.
 
 

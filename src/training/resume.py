@@ -51,7 +51,7 @@ def check_run_files(paths: RunPaths) -> identity.Identity:
     ident = identity.read(paths.run_dir)
     if ident.run is None:
         identity.legacy_notice(paths.run_dir, "taken as its own")
-    identity.check_config(paths.run_dir, ident)
+    identity.check_config(paths.run_dir, ident, RESUMABLE_OVERRIDES)
     if not paths.metrics.is_file():
         raise StorageError(
             f"--resume: {paths.metrics} is missing beside the checkpoints in {paths.last}; "

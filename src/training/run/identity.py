@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -100,14 +101,18 @@ def legacy_notice(run_dir: Path, what: str) -> None:
     )
 
 
-def check_config(run_dir: Path, identity: Identity) -> None:
+def check_config(run_dir: Path, identity: Identity, resumable: Collection[str] = ()) -> None:
     """Refuses a config.yaml that differs from the config recorded with the identity (a hand
-    edit): ConfigError (exit 2) naming the file and the keys. Nothing to check for a legacy run."""
+    edit): ConfigError (exit 2) naming the file and the keys. Nothing to check for a legacy run.
+
+    Differences in `resumable` keys only (those a resume may change) are what a resume killed
+    between writing config.yaml and provenance.json leaves; they are accepted, and that resume's
+    successor records them."""
     if identity.config is None:
         return
     path = run_dir / "config.yaml"
     changed = changed_keys(identity.config, read_yaml(path))
-    if changed:
+    if changed and not set(changed) <= set(resumable):
         shown = ", ".join(
             f"{k} (recorded {a!r}, config.yaml {b!r})" for k, (a, b) in list(changed.items())[:5]
         )
