@@ -6,8 +6,6 @@ Gaussian return float32 (mean, logvar), whatever dtype the layers compute in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -15,7 +13,7 @@ from flax.nnx.nn.linear import default_kernel_init
 
 from src.models.gaussian import kl_normal, log_normal, log_normal_at_own_sample
 from src.models.hier_plan import Stage
-from src.models.mlp import ACTIVATIONS
+from src.models.mlp import ACTIVATIONS, MLP
 from src.models.posterior import posterior_logvar
 
 
@@ -36,37 +34,6 @@ def split_posterior(h: jax.Array, dim: int, scale: Scale) -> tuple[jax.Array, ja
     raw output is returned as it is, so exp is split_gaussian bit for bit."""
     mean, raw = split_gaussian(h, dim)
     return mean, posterior_logvar(raw, *scale)
-
-
-class Dense(nnx.Module):
-    """Linear layers of `sizes` with the activation between them; zero_last starts the last layer
-    at zero (a residual branch that starts as the identity, a prior that starts as N(0, I))."""
-
-    def __init__(self, sizes: Sequence[int], activation: str, zero_last: bool, *, rngs: nnx.Rngs):
-        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
-        self.layers = nnx.List(
-            [
-                nnx.Linear(
-                    a,
-                    b,
-                    kernel_init=(
-                        nnx.initializers.zeros
-                        if zero_last and i == len(pairs) - 1
-                        else default_kernel_init
-                    ),
-                    rngs=rngs,
-                )
-                for i, (a, b) in enumerate(pairs)
-            ]
-        )
-        self.activation = ACTIVATIONS[activation]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.activation(x)
-        return x
 
 
 class Bottleneck(nnx.Module):
@@ -123,12 +90,12 @@ def body_net(
     zero_last: bool,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """The stage's network c_in -> c_out: a Bottleneck (conv) or a Dense of `depth` hidden layers
+    """The stage's network c_in -> c_out: a Bottleneck (conv) or an MLP of `depth` hidden layers
     of the stage's width (mlp). A residual dense net applies the activation to its input first."""
     if stage.conv:
         mid = max(1, round(stage.width * bottleneck))
         return Bottleneck(c_in, mid, c_out, kernel, activation, residual, zero_last, rngs=rngs)
-    net = Dense([c_in, *[stage.width] * depth, c_out], activation, zero_last, rngs=rngs)
+    net = MLP([c_in, *[stage.width] * depth, c_out], activation, zero_last, rngs=rngs)
     return Residual(net, activation) if residual else net
 
 

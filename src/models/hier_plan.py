@@ -40,22 +40,12 @@ class Stage(NamedTuple):
 
 def plan_stages(h: Any, image_shape: Sequence[int]) -> tuple[Stage, ...]:
     """The stages of model.hierarchical `h` for images [H, W, C]; a ConfigError names the key and
-    the sizes when the lists disagree or a pooling factor does not divide its input."""
+    the sizes when a pooling factor does not divide its input. The lists' lengths are checked
+    with the config (src/utils/config.py)."""
     conv = h.body == "conv"
-    lists = {"groups": h.groups, "group_dims": h.group_dims, "widths": h.widths}
-    if conv:
-        lists["conv.downsample"] = h.conv.downsample
-    lengths = {k: len(v) for k, v in lists.items()}
-    if len(set(lengths.values())) != 1 or not lengths["groups"]:
-        raise ConfigError(
-            "model.hierarchical: "
-            + ", ".join(lists)
-            + " need one entry per stage (at least one), got lengths "
-            + ", ".join(f"{k}={n}" for k, n in lengths.items())
-        )
     size = (int(image_shape[0]), int(image_shape[1])) if conv else (1, 1)
     stages = []
-    for s in range(lengths["groups"]):
+    for s in range(len(h.groups)):
         factor = int(h.conv.downsample[s]) if conv else 1
         if size[0] % factor or size[1] % factor:
             raise ConfigError(

@@ -36,7 +36,6 @@ from flax import nnx
 
 from src.models.gaussian import kl_normal, log_normal, log_normal_at_own_sample
 from src.models.hier_blocks import (
-    Dense,
     Scale,
     TopDownBlock,
     avg_pool,
@@ -47,7 +46,7 @@ from src.models.hier_blocks import (
 )
 from src.models.hier_plan import Stage, group_sizes, plan_stages
 from src.models.likelihoods import Likelihood, build_likelihood
-from src.models.mlp import ACTIVATIONS
+from src.models.mlp import ACTIVATIONS, MLP
 from src.models.stack import Stack
 from src.utils.errors import ConfigError
 
@@ -84,7 +83,7 @@ def sampling_step(dim: int, scale: Scale):
     """A scan step over dense posterior conditionals: (block, z_prev, eps) -> (z, (mean, logvar,
     z)) with (mean, logvar) = split_posterior(block(z_prev)) and z = mean + e^(logvar/2) eps."""
 
-    def step(block: Dense, z: jax.Array, e: jax.Array) -> tuple:
+    def step(block: MLP, z: jax.Array, e: jax.Array) -> tuple:
         mean, logvar = split_posterior(block(z), dim, scale)
         z = mean + jnp.exp(0.5 * logvar) * e
         return z, (mean, logvar, z)
@@ -96,7 +95,7 @@ def gaussian_step(dim: int, scale: Scale | None = None):
     """A carry-free scan step: (block, (), z) -> ((), (mean, logvar) = block(z)); a posterior
     conditional's logvar goes through scale (split_posterior), a prior's (scale None) does not."""
 
-    def step(block: Dense, carry: tuple, z: jax.Array) -> tuple:
+    def step(block: MLP, carry: tuple, z: jax.Array) -> tuple:
         if scale is None:
             return carry, split_gaussian(block(z), dim)
         return carry, split_posterior(block(z), dim, scale)
@@ -143,7 +142,7 @@ class TopDownNet(nnx.Module):
             self.out: nnx.Module = nnx.Conv(first.width, out_channels, (1, 1), rngs=rngs)
         else:
             self.stem = nnx.Linear(math.prod(image_shape), first.width, rngs=rngs)
-            self.out = Dense(
+            self.out = MLP(
                 [first.width, *[first.width] * depth, math.prod(self.out_shape)],
                 activation,
                 False,
@@ -293,7 +292,7 @@ class BottomUpNet(nnx.Module):
         self.scale = scale
 
         def dense(n_in: int, st: Stage, n_out: int):
-            return lambda r: Dense([n_in, *[st.width] * depth, n_out], activation, False, rngs=r)
+            return lambda r: MLP([n_in, *[st.width] * depth, n_out], activation, False, rngs=r)
 
         def stack(st: Stage) -> Stack | None:
             if st.groups == 1:

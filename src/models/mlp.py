@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.linear import default_kernel_init
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -19,11 +20,28 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class MLP(nnx.Module):
-    """Linear layers with an activation between them (none after the last)."""
+    """Linear layers with an activation between them (none after the last); zero_last starts the
+    last layer at zero (a residual branch that starts as the identity, a prior that starts as
+    N(0, I): the hierarchical family's blocks)."""
 
-    def __init__(self, sizes: Sequence[int], activation: str, *, rngs: nnx.Rngs):
+    def __init__(
+        self, sizes: Sequence[int], activation: str, zero_last: bool = False, *, rngs: nnx.Rngs
+    ):
+        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
         self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+            [
+                nnx.Linear(
+                    a,
+                    b,
+                    kernel_init=(
+                        nnx.initializers.zeros
+                        if zero_last and i == len(pairs) - 1
+                        else default_kernel_init
+                    ),
+                    rngs=rngs,
+                )
+                for i, (a, b) in enumerate(pairs)
+            ]
         )
         self.activation = ACTIVATIONS[activation]
 
