@@ -37,8 +37,7 @@ from src.training.setup import Setup, setup
 from src.training.state import TrainState, eval_params, param_bytes, param_count
 from src.training.step import Objective
 from src.training.validation import evaluate_split
-from src.utils.config import config_hash, save_config
-from src.utils.io import atomic_write_json
+from src.utils.config import config_hash
 
 
 class TrainRecord(NamedTuple):
@@ -108,7 +107,7 @@ def train_and_evaluate(
 
     # --- Checkpoints: model_last (latest steps) and model_best (best validation metric), bound
     # to the run's identity (provenance.json).
-    ident = run_identity(cfg, paths, resume, writer)
+    ident = identity.for_run(cfg, paths.run_dir, resume, writer)
     owner = checkpoint.Owner(ident.run, ident.legacy)
     with checkpoint.Checkpoints(
         paths.last, paths.best, cfg.checkpoint.keep_last, cfg.checkpoint.best_metric, owner
@@ -128,17 +127,6 @@ def train_and_evaluate(
             return run_loop(run, paths, state, interval, best, on_start, writer)
         finally:
             recorder.close_tensorboard()
-
-
-def run_identity(cfg: Any, paths: RunPaths, resume: bool, writer: bool) -> identity.Identity:
-    """The run's identity (written to provenance.json by open_record): new with a new run, read
-    on resume (a legacy run adopts one). Processes other than the writer check nothing."""
-    if not writer:
-        return identity.read(paths.run_dir) if resume else identity.Identity(None)
-    if not resume:
-        return identity.new(cfg)
-    ident = identity.read(paths.run_dir)
-    return identity.adopt(cfg) if ident.run is None else ident
 
 
 def run_loop(
@@ -284,19 +272,10 @@ def open_record(
         best = best_meta["val"][cfg.checkpoint.best_metric]
         recorder.set_best(best_meta["step"], cfg.checkpoint.best_metric, best)
     if writer:
-        if resume:
-            prov = identity.read_provenance(paths.provenance)
-            prov.setdefault("resumes", []).append(
-                provenance.collect(tcfg.seed, {"from_step": first})
-            )
-        else:
-            data_info = {**parts.splits.info, "on_device": parts.batches.on_device}
-            prov = provenance.collect(tcfg.seed, {"data": data_info})
-        # The run identity with the config the run goes on with (a changed training.epochs).
-        prov[identity.KEY] = ident.with_config(cfg).to_json()
-        # On resume this records a changed training.epochs; otherwise it is the same text.
-        save_config(cfg, paths.config)
-        atomic_write_json(paths.provenance, prov)
+        data_info = {**parts.splits.info, "on_device": parts.batches.on_device}
+        provenance.write(
+            paths.config, paths.provenance, cfg, ident, None if resume else data_info, first
+        )
     recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
     # The header, and the parameter table (also in <log_dir>/params.txt); the fields that
     # seldom change are shown here and on a line only when they do.

@@ -58,6 +58,17 @@ def adopt(cfg: Any) -> Identity:
     return Identity(uuid.uuid4().hex, True, to_plain(cfg))
 
 
+def for_run(cfg: Any, run_dir: Path, resume: bool, writer: bool) -> Identity:
+    """The identity the run trains under: new with a new run, read on resume (a legacy run
+    adopts one). Processes other than the writer check nothing."""
+    if not writer:
+        return read(run_dir) if resume else Identity(None)
+    if not resume:
+        return new(cfg)
+    ident = read(run_dir)
+    return adopt(cfg) if ident.run is None else ident
+
+
 def read_provenance(path: Path) -> dict[str, Any]:
     """provenance.json's object; missing, unreadable or not an object: StorageError (exit 4)."""
     if not path.is_file():

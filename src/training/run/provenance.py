@@ -12,6 +12,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from src.training.run import identity
+from src.utils.config import save_config
+from src.utils.io import atomic_write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
     "jax",
@@ -124,3 +128,25 @@ def collect(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "scheduler": scheduler(),
         **(extra or {}),
     }
+
+
+def write(
+    config_path: Path,
+    provenance_path: Path,
+    cfg: Any,
+    ident: identity.Identity,
+    data_info: dict[str, Any] | None,
+    first_step: int,
+) -> None:
+    """Writes config.yaml and provenance.json as training starts at first_step: a new run's
+    record (data_info given), or the resumed run's with this resume appended to `resumes`. Both
+    hold the identity with the config the run goes on with: a resume may change
+    training.epochs, which config.yaml then records too."""
+    if data_info is None:
+        prov = identity.read_provenance(provenance_path)
+        prov.setdefault("resumes", []).append(collect(cfg.training.seed, {"from_step": first_step}))
+    else:
+        prov = collect(cfg.training.seed, {"data": data_info})
+    prov[identity.KEY] = ident.with_config(cfg).to_json()
+    save_config(cfg, config_path)
+    atomic_write_json(provenance_path, prov)
