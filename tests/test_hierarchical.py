@@ -327,6 +327,34 @@ def test_a_deeper_stack_traces_to_the_same_program_size(body):
     assert equations(2) == equations(8)
 
 
+@pytest.mark.parametrize("body", ["mlp", "conv"])
+def test_unroll_gives_the_scanned_numbers_in_a_program_that_grows_with_depth(body):
+    """model.hierarchical.unroll: the same parameters give the scanned model's ELBO terms (up to
+    float rounding), from a program (the lowered StableHLO) with one copy of the block per
+    group."""
+
+    def terms_and_equations(unroll: bool, groups: int) -> tuple[Any, int]:
+        cfg = hier_cfg(
+            "top_down",
+            body,
+            f"model.hierarchical.groups=[{groups},1]",
+            f"model.hierarchical.unroll={str(unroll).lower()}",
+        )
+        model = build_model(cfg.model, SHAPE, nnx.Rngs(0))
+        units = sum(latent_groups(cfg.model, SHAPE) or ())
+        x = binary_images(2)
+        eps = jax.random.normal(jax.random.key(1), (2, units))
+        program = jax.jit(lambda e: model.elbo_terms(x, e)).lower(eps).as_text()
+        return model.elbo_terms(x, eps), len(program.splitlines())
+
+    scanned, scanned_eqns = terms_and_equations(False, 4)
+    unrolled, unrolled_eqns = terms_and_equations(True, 4)
+    for a, b in zip(scanned, unrolled, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert unrolled_eqns > scanned_eqns
+    assert terms_and_equations(True, 8)[1] > unrolled_eqns
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -182,3 +182,14 @@ def test_the_reference_step_schedules_over_the_runs_total_steps(monkeypatch):
     benchmark.reference_step(cfg, 1)
     assert horizons == [benchmark.build_step(cfg).total_steps]
     assert horizons[0] == cfg.training.epochs * 22  # 1437 digits in training, 64 a batch
+
+
+def test_the_reference_step_runs_the_hierarchical_family():
+    """A hierarchical model's reference draws the noise of all its latent groups (not
+    model.latent_dim units) and runs."""
+    from src.experiments import benchmark
+    from src.utils.config import load_config
+
+    cfg = load_config(BASELINE, {"model": "hierarchical"})
+    time_steps = benchmark.reference_step(cfg, 5)
+    assert time_steps() > 0

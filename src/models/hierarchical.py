@@ -556,4 +556,7 @@ def build_hierarchical(cfg: Any, image_shape: Sequence[int], rngs: nnx.Rngs) -> 
             scale,
             rngs=rngs,
         )
+    for _, module in nnx.iter_modules(net):
+        if isinstance(module, Stack):
+            module.unroll = bool(h.unroll)
     return HierarchicalVAE(net, likelihood)

@@ -41,6 +41,7 @@ class Stack(nnx.Module):
 
         self.blocks = create(rngs)
         self.n = n
+        self.unroll = False  # model.hierarchical.unroll: set by the model's builder
 
     def scan(
         self,
@@ -50,7 +51,9 @@ class Stack(nnx.Module):
         reverse: bool = False,
     ) -> Any:
         """lax.scan of fn(block, carry, x) -> (carry, y) over the blocks in order (last first if
-        reverse), block i getting xs[i]; returns (carry, ys stacked [n, ...])."""
+        reverse), block i getting xs[i]; returns (carry, ys stacked [n, ...]). With self.unroll
+        the scan is unrolled: one copy of the block per layer in the program (faster steps,
+        compile time growing with n; equal numbers up to float rounding)."""
         graphdef, state = nnx.split(self.blocks)
 
         def body(c: Any, inputs: Any) -> tuple[Any, Any]:
@@ -58,7 +61,11 @@ class Stack(nnx.Module):
             return fn(nnx.merge(graphdef, params), c, x)
 
         return jax.lax.scan(
-            body, carry, (state, xs), reverse=reverse, unroll=True if _UNROLL["on"] else 1
+            body,
+            carry,
+            (state, xs),
+            reverse=reverse,
+            unroll=True if self.unroll or _UNROLL["on"] else 1,
         )
 
     def block(self, i: int) -> nnx.Module:
