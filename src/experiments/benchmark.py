@@ -254,6 +254,11 @@ def loop_run(cfg: Any, workdir: Path, run_id: str) -> dict[str, Any]:
     tic = time.perf_counter()
     record = train_and_evaluate(cfg, paths, resume=False)
     wall = time.perf_counter() - tic
+    if record["status"] != "completed":
+        raise ConfigError(
+            f"benchmark: the loop run ended {record['status']} at step "
+            f"{record.get('stopped_at_step')}: {record.get('failure')}"
+        )
     rates = [r["examples_per_sec"] for r in record["history"] if r["split"] == "train"][1:]
     if not rates:  # one logging interval only: nothing after compilation to time
         raise ConfigError(
