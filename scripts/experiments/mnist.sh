@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The MNIST and Fashion-MNIST experiments of EXPERIMENTS.md (011 to 019), in the order they were
+# The MNIST and Fashion-MNIST experiments of EXPERIMENTS.md (011 to 023), in the order they were
 # run, on the committed code. Usage: scripts/experiments/mnist.sh DATA_DIR [WORKDIR] [PART ...]
 #   DATA_DIR holds mnist/ and fashion_mnist/ (scripts/download_data.py, or
 #   ../shared/tools/get_mnist.sh DATA_DIR on machines without internet);
 #   WORKDIR defaults to results/mnist; PART picks parts (default: all, in this order):
 #   iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds
 #   fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl
-#   burda2.
+#   burda2 ladder stability dmol convhier.
 # Every step is a plain train.py / evaluate.py command; a killed part is continued by running it
 # again (finished runs and evaluations are skipped, an interrupted run is resumed).
 # Test NLLs: k = 5000 importance samples (the literature's estimator) where the entry says so,
@@ -14,7 +14,7 @@
 # minutes on 2 CPU cores).
 set -euo pipefail
 DATA=$(realpath "$1"); W=${2:-results/mnist}; shift $(( $# > 1 ? 2 : 1 ))
-PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl burda2}
+PARTS=${*:-iwae curve seeds iwae50 fashion latent reg width nll5000 long families family_seeds fashion_families family_nll5000 family_seeds_conv family_seeds_transformer transformer_kl burda2 ladder stability dmol convhier}
 cd "$(dirname "$0")/../.."
 E=configs/experiment
 EVAL=(--config.eval.batch_size=20 --config.eval.iwae_chunk=100)
@@ -48,6 +48,16 @@ evaluate() {  # evaluate RUN_ID K NAME: test split of model_last with k samples 
   local figures=false; [ "$k" = 5000 ] && figures=true
   python scripts/evaluate.py --run_dir="$W/checkpoints/$id" --checkpoint=last --split=test \
     --config.eval.iwae_samples="$k" --config.eval.figures=$figures "${EVAL[@]}"
+  cp "$W/checkpoints/$id/eval/last_test.json" "$out"
+}
+
+evaluate_as() {  # evaluate_as RUN_ID K NAME BATCH CHUNK FIGURES: evaluate with these settings
+  local id=$1 k=$2 name=$3 batch=$4 chunk=$5 figures=$6
+  local out="$W/checkpoints/$id/eval/$name.json"
+  if [ -f "$out" ]; then echo "== $out: exists"; return; fi
+  python scripts/evaluate.py --run_dir="$W/checkpoints/$id" --checkpoint=last --split=test \
+    --config.eval.iwae_samples="$k" --config.eval.batch_size="$batch" \
+    --config.eval.iwae_chunk="$chunk" --config.eval.figures="$figures"
   cp "$W/checkpoints/$id/eval/last_test.json" "$out"
 }
 
@@ -158,6 +168,39 @@ for part in $PARTS; do
           --config.eval.iwae_samples=1000 --config.eval.batch_size=100 \
           --config.eval.iwae_chunk=100 --config.eval.figures=false
         cp "$W/checkpoints/$id/eval/last_test.json" "$out"
+      done ;;
+    ladder)  # 020: top-down, Ladder VAE shape, without and with KL warm-up; k = 1000 and 100
+      train ladder-s42 $E/ladder_mnist.yaml --config.data.dir="$DATA/mnist"
+      train ladder-warmup-s42 $E/ladder_mnist.yaml --config.data.dir="$DATA/mnist" \
+        --config.training.kl.warmup=linear
+      for id in ladder-s42 ladder-warmup-s42; do
+        evaluate_as $id 1000 nll1000_e20 100 100 true
+        evaluate_as $id 100 nll100_e20 100 100 false
+      done ;;
+    stability)  # 023: 020's warm-up run with EMA 0.999, update skipping at 400, both; k = 100
+      L=(--config.data.dir="$DATA/mnist" --config.training.kl.warmup=linear)
+      train ladder-warmup-ema-s42 $E/ladder_mnist.yaml "${L[@]}" --config.training.ema.decay=0.999
+      train ladder-warmup-skip-s42 $E/ladder_mnist.yaml "${L[@]}" \
+        --config.training.skip_grad_norm=400
+      train ladder-warmup-emaskip-s42 $E/ladder_mnist.yaml "${L[@]}" \
+        --config.training.ema.decay=0.999 --config.training.skip_grad_norm=400
+      for id in ladder-warmup-ema-s42 ladder-warmup-skip-s42 ladder-warmup-emaskip-s42; do
+        evaluate_as $id 100 nll100_e20 100 100 false
+      done ;;
+    dmol)  # 022: 8-bit MNIST, DMOL likelihood, conv VAE against a top-down hierarchy; k = 20
+      for m in conv hierarchical; do
+        id=dmol-${m:0:4}-s42
+        train $id $E/dmol_mnist.yaml --model=$m --config.data.dir="$DATA/mnist"
+        evaluate_as $id 20 nll20_e10 500 20 true
+      done ;;
+    convhier)  # 021: conv top-down hierarchy, 5 groups, and the depth sweep 3 / 8 groups; k = 20
+      train convhier-g5-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist"
+      train convhier-g3-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist" \
+        --config.model.hierarchical.groups=[1,1,1]
+      train convhier-g8-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist" \
+        --config.model.hierarchical.groups=[2,3,3]
+      for id in convhier-g5-s42 convhier-g3-s42 convhier-g8-s42; do
+        evaluate_as $id 20 nll20_e4 500 20 true
       done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
