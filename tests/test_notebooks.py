@@ -178,6 +178,36 @@ def test_readme_notebook_command_writes_the_figures(tmp_path: Path, monkeypatch)
     assert all(image[:200] in page for image in images)  # embedded in the HTML
 
 
+def test_the_notebook_shows_a_hierarchical_run_per_group(tmp_path: Path):
+    """A hierarchical run (EMA on): the KL view is per latent group with the groups' KL over
+    training, and the reconstructions come from the EMA parameters, without an error."""
+    result = run_script(
+        "train.py",
+        f"--config={BASELINE}",
+        "--model=hierarchical",
+        f"--workdir={tmp_path}",
+        "--run_id=hier",
+        "--config.training.epochs=2",
+        "--config.training.ema.decay=0.9",
+        "--config.logging.every_steps=10",
+        "--config.logging.console=false",
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "checkpoints" / "hier"
+    small = ["eval.iwae_samples=4", "eval.iwae_chunk=4", "eval.mi_samples=2", "eval.figures=false"]
+    evaluate_run(run_dir, "best", "test", small)
+    result = run_script("analyze.py", f"--run_dir={run_dir}", timeout=300)
+    assert result.returncode == 0, result.stderr
+    nb = nbformat.read(tmp_path / "figures" / "hier" / "analysis.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert [o for o in outputs if o.output_type == "error"] == []
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # curves, KL per group (and over training), reconstructions
+    # The KL view is figures.kl_per_group: its two panels (per group; over training).
+    shown = [o["data"].get("text/plain", "") for o in images]
+    assert any("with 2 Axes" in text and "1200x420" in text for text in shown), shown
+
+
 def test_notebook_command_without_a_run_says_what_to_pass(tmp_path: Path, monkeypatch):
     monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     result = run_script("analyze.py", f"--workdir={tmp_path}", timeout=60)

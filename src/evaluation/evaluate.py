@@ -338,6 +338,19 @@ def hierarchical_figure_arrays(
     }
 
 
+def mean_reconstructions(
+    cfg: Any, graphdef: nnx.GraphDef, params: Any, x: np.ndarray, key: jax.Array
+) -> np.ndarray:
+    """E[x|z] with z at the posterior mean of each image, for every family (the notebook's
+    reconstructions; scripts/evaluate.py draws the same)."""
+    if latent_groups(cfg.model, x.shape[1:]) is not None:
+        return hierarchical_figure_arrays(cfg, graphdef, params, x, key)["reconstructions"]
+    mean, _ = nnx.merge(graphdef, params).encode(jnp.asarray(x))
+    order = [0.0] * mean.shape[1]  # orders the traversals, which are not used here
+    post = {"mean": np.asarray(mean)}
+    return figure_arrays(cfg, graphdef, params, x, post, order, key)["reconstructions"]
+
+
 def draw_hierarchical_figures(
     folder: Path,
     prefix: str,
