@@ -168,7 +168,11 @@ for part in $PARTS; do
           --config.eval.iwae_samples=1000 --config.eval.batch_size=100 \
           --config.eval.iwae_chunk=100 --config.eval.figures=false
         cp "$W/checkpoints/$id/eval/last_test.json" "$out"
-      done ;;
+      done
+      # 019's control: the two-layer VAE with the KL warm-up of 020 (10 epochs)
+      train burda2-vae-warmup-s42 $E/burda_two_layer.yaml --config.data.dir="$DATA/mnist" \
+        --config.training.kl.warmup=linear --config.training.kl.warmup_steps=4210
+      evaluate_as burda2-vae-warmup-s42 1000 nll1000_e20 100 100 false ;;
     ladder)  # 020: top-down, Ladder VAE shape, without and with KL warm-up; k = 1000 and 100
       train ladder-s42 $E/ladder_mnist.yaml --config.data.dir="$DATA/mnist"
       train ladder-warmup-s42 $E/ladder_mnist.yaml --config.data.dir="$DATA/mnist" \
@@ -189,8 +193,12 @@ for part in $PARTS; do
       done ;;
     dmol)  # 022: 8-bit MNIST, DMOL likelihood, conv VAE against a top-down hierarchy; k = 20
       for m in conv hierarchical; do
-        id=dmol-${m:0:4}-s42
-        train $id $E/dmol_mnist.yaml --model=$m --config.data.dir="$DATA/mnist"
+        train dmol-${m:0:4}-s42 $E/dmol_mnist.yaml --model=$m --config.data.dir="$DATA/mnist"
+      done
+      train dmol-hier-warmup-s42 $E/dmol_mnist.yaml --model=hierarchical \
+        --config.data.dir="$DATA/mnist" --config.training.kl.warmup=linear \
+        --config.training.kl.warmup_steps=2105
+      for id in dmol-conv-s42 dmol-hier-s42 dmol-hier-warmup-s42; do
         evaluate_as $id 20 nll20_e10 500 20 true
       done ;;
     convhier)  # 021: conv top-down hierarchy, 5 groups, and the depth sweep 3 / 8 groups; k = 20
