@@ -191,25 +191,24 @@ for part in $PARTS; do
       for id in ladder-warmup-ema-s42 ladder-warmup-skip-s42 ladder-warmup-emaskip-s42; do
         evaluate_as $id 100 nll100_e20 100 100 false
       done ;;
-    dmol)  # 022: 8-bit MNIST, DMOL likelihood, conv VAE against top-down hierarchies; k = 20
+    dmol)  # 022: 8-bit MNIST, DMOL likelihood, conv VAE against a top-down hierarchy; k = 20
       for m in conv hierarchical; do
         train dmol-${m:0:4}-s42 $E/dmol_mnist.yaml --model=$m --config.data.dir="$DATA/mnist"
       done
       train dmol-hier-warmup-s42 $E/dmol_mnist.yaml --model=hierarchical \
         --config.data.dir="$DATA/mnist" --config.training.kl.warmup=linear \
         --config.training.kl.warmup_steps=2105
-      train dmol-convhier-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist" \
-        --config.model.likelihood=dmol --config.model.dmol.mixtures=5 --config.data.binarize=none
-      for id in dmol-conv-s42 dmol-hier-s42 dmol-hier-warmup-s42 dmol-convhier-s42; do
+      for id in dmol-conv-s42 dmol-hier-s42 dmol-hier-warmup-s42; do
         evaluate_as $id 20 nll20 500 20 true
       done ;;
-    convhier)  # 021: conv top-down hierarchy, 5 groups, and the depth sweep 3 / 8 groups; k = 20
-      train convhier-g5-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist"
-      train convhier-g3-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist" \
-        --config.model.hierarchical.groups=[1,1,1]
-      train convhier-g8-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist" \
-        --config.model.hierarchical.groups=[2,3,3]
-      for id in convhier-g5-s42 convhier-g3-s42 convhier-g8-s42; do
+    convhier)  # 021: conv top-down hierarchy; 14x14 bottom stage with 5 and 3 groups, 28x28 with 3
+      P=(--config.data.dir="$DATA/mnist" --config.model.hierarchical.conv.downsample=[2,2,7]
+        --config.training.epochs=4)
+      train convhier-g5-s42 $E/conv_hierarchical_mnist.yaml "${P[@]}" \
+        --config.model.hierarchical.groups=[1,2,2]
+      train convhier-g3-s42 $E/conv_hierarchical_mnist.yaml "${P[@]}"
+      train convhier-full-g3-s42 $E/conv_hierarchical_mnist.yaml --config.data.dir="$DATA/mnist"
+      for id in convhier-g5-s42 convhier-g3-s42 convhier-full-g3-s42; do
         evaluate_as $id 20 nll20 500 20 true
       done ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
