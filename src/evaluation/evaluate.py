@@ -339,10 +339,12 @@ def hierarchical_figure_arrays(
 
 
 def mean_reconstructions(
-    cfg: Any, graphdef: nnx.GraphDef, params: Any, x: np.ndarray, key: jax.Array
+    cfg: Any, graphdef: nnx.GraphDef, state: Any, x: np.ndarray, key: jax.Array
 ) -> np.ndarray:
-    """E[x|z] with z at the posterior mean of each image, for every family (the notebook's
-    reconstructions; scripts/evaluate.py draws the same)."""
+    """E[x|z] with z at the posterior mean of each image, for every family, from the
+    parameters evaluation scores (the EMA where eval.use_ema and the run keeps one): the
+    notebook's reconstructions; scripts/evaluate.py draws the same."""
+    params = eval_params(state, cfg.eval.use_ema)
     if latent_groups(cfg.model, x.shape[1:]) is not None:
         return hierarchical_figure_arrays(cfg, graphdef, params, x, key)["reconstructions"]
     mean, _ = nnx.merge(graphdef, params).encode(jnp.asarray(x))
