@@ -271,11 +271,9 @@ def open_record(
     if best_meta is not None:
         best = best_meta["val"][cfg.checkpoint.best_metric]
         recorder.set_best(best_meta["step"], cfg.checkpoint.best_metric, best)
-    if writer:
-        data_info = {**parts.splits.info, "on_device": parts.batches.on_device}
-        provenance.write(
-            paths.config, paths.provenance, cfg, ident, None if resume else data_info, first
-        )
+    if writer:  # a new run records its data; a resumed one keeps the record it has
+        data_info = None if resume else {**parts.splits.info, "on_device": parts.batches.on_device}
+        provenance.write(paths.config, paths.provenance, cfg, ident, data_info, first)
     recorder.tensorboard(0, "model", {k: header[k] for k in ("param_count", "model_bytes")})
     # The header, and the parameter table (also in <log_dir>/params.txt); the fields that
     # seldom change are shown here and on a line only when they do.
